@@ -1,0 +1,1 @@
+"""mmfuse.training: Lightning stages, data modules, callbacks and the `mmfuse` CLI."""
