@@ -1,0 +1,334 @@
+"""Webdataset pipeline pieces shared by every modality.
+
+One pass over a sharded dataset is:
+
+    shard list (brace notation, local paths or ``pipe:`` commands)
+      -> deterministic seeded shard shuffle, new order every epoch
+      -> split by node (rank) -> split by dataloader worker
+      -> tar members grouped into samples -> shuffle buffer
+      -> decode + transform in the worker (a corrupt sample is skipped and counted)
+      -> batches
+
+This follows open_clip's ``open_clip_train/data.py`` (``detshuffle2`` -> ``split_by_node`` ->
+``split_by_worker``; resampled shards when shards are fewer than ranks x workers) with two
+differences: the shard assignment is a pure function (:func:`assign_shards`) so it can be tested
+as an exact partition, and the number of skipped samples travels inside the batches
+(``batch["num_skipped"]``) so the training process can log it, whichever worker skipped them.
+
+Media transforms (``mmfuse.vision.ImageTransform``, ``mmfuse.audio.AudioTransform``,
+``mmfuse.video.VideoTransform``) follow :class:`MediaTransform`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tarfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+import torch
+import webdataset as wds
+from torch import Tensor
+from torch.utils.data import IterableDataset
+
+log = logging.getLogger(__name__)
+
+Sample = dict[str, Any]
+
+
+class MediaTransform(Protocol):
+    """Decodes one media member of a sample into fixed-shape tensors.
+
+    Attributes:
+        extensions: tar member extensions the transform reads, in order of preference,
+            e.g. ``("png", "jpg", "jpeg")``.
+    """
+
+    extensions: tuple[str, ...]
+
+    def __call__(self, data: bytes, *, train: bool) -> dict[str, Tensor]:
+        """Decode ``data``; raise any exception on corrupt input (the pipeline skips and counts it)."""
+        ...
+
+
+def expand_urls(urls: str | Sequence[str]) -> list[str]:
+    """Expand brace notation and ``::``-joined lists into shard URLs.
+
+    ``"data/train-{000000..000003}.tar"`` gives four paths; ``"a.tar::b.tar"`` two. A URL with a
+    scheme (``pipe:``, ``s3://``, ``https://``) is passed through; a local path must exist.
+
+    Raises:
+        FileNotFoundError: naming the first local shard that does not exist.
+        ValueError: when the expansion is empty.
+    """
+    expanded = wds.shardlists.expand_urls(urls) if isinstance(urls, str) else list(urls)
+    if not expanded:
+        raise ValueError(f"no shards in {urls!r}")
+    for url in expanded:
+        if ":" not in url.split("/")[0] and not os.path.exists(url):
+            raise FileNotFoundError(f"shard not found: {url} (from {urls!r})")
+    return expanded
+
+
+def count_samples(urls: Sequence[str]) -> int:
+    """Number of samples (distinct keys) in local tar shards, read from the tar headers only.
+
+    Raises:
+        ValueError: for a URL that is not a local file (pass ``num_samples`` explicitly then).
+    """
+    total = 0
+    for url in urls:
+        if not os.path.isfile(url):
+            raise ValueError(f"cannot count samples of {url}: not a local file; set num_samples")
+        with tarfile.open(url) as tar:
+            total += len({_split_member(m.name)[0] for m in tar.getmembers() if m.isfile()})
+    return total
+
+
+def assign_shards(
+    urls: Sequence[str],
+    *,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    worker: int,
+    num_workers: int,
+) -> list[str]:
+    """The shards one dataloader worker of one rank reads in one epoch.
+
+    The shard list is shuffled with ``random.Random(seed, epoch)``-derived state (same on every
+    rank), then dealt round-robin to ranks, then to the workers of each rank. Over all
+    ``(rank, worker)`` pairs the result is an exact partition of ``urls``.
+
+    Raises:
+        ValueError: when this worker gets no shard (fewer shards than ranks x workers); use
+            resampled shards or fewer workers.
+    """
+    order = list(urls)
+    random.Random(f"{seed}-{epoch}").shuffle(order)
+    mine = order[rank::world_size][worker::num_workers]
+    if not mine:
+        raise ValueError(
+            f"{len(urls)} shards cannot feed {world_size} ranks x {num_workers} workers: rank {rank} "
+            f"worker {worker} has none. Use more shards, fewer workers, or resampled=True."
+        )
+    return mine
+
+
+class SkipCounter:
+    """Counts samples dropped for bad input and logs each one once (key and reason)."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+
+    def __call__(self, exn: Exception, key: str = "?") -> bool:
+        self.pending += 1
+        log.warning("skipping sample %s: %s: %s", key, type(exn).__name__, exn)
+        return True  # webdataset handler protocol: True = continue
+
+    def take(self) -> int:
+        n, self.pending = self.pending, 0
+        return n
+
+
+class PairDecoder:
+    """Turns a raw webdataset sample into one media-text training example.
+
+    Output: the media tensors from ``media`` (e.g. ``pixel_values [c, h, w]``), ``input_ids``
+    ``[context_length] int64`` from ``tokenizer``, ``text`` (the caption), ``meta`` (the sample's
+    json, ``{}`` if none) and ``__key__``.
+
+    Args:
+        media: a :class:`MediaTransform`.
+        tokenizer: maps a list of strings to ``[n, context_length]`` token ids (open_clip's
+            tokenizer protocol).
+    """
+
+    def __init__(self, media: MediaTransform, tokenizer: Callable[[list[str]], Tensor]) -> None:
+        self.media = media
+        self.tokenizer = tokenizer
+
+    def __call__(self, sample: Sample, *, train: bool) -> Sample:
+        ext = next((e for e in self.media.extensions if e in sample), None)
+        if ext is None:
+            raise KeyError(f"no member with extension {self.media.extensions}; has {sorted(sample)}")
+        if "txt" not in sample:
+            raise KeyError("no .txt caption")
+        text = sample["txt"].decode("utf-8").strip()
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        out = dict(self.media(sample[ext], train=train))
+        out["input_ids"] = self.tokenizer([text])[0]
+        out.update(text=text, meta=meta, __key__=sample["__key__"])
+        return out
+
+
+def collate(samples: Sequence[Sample]) -> Sample:
+    """Stack tensors, list everything else, and sum ``num_skipped`` into one ``int``."""
+    batch: Sample = {}
+    for name in samples[0]:
+        values = [s[name] for s in samples]
+        if name == "num_skipped":
+            batch[name] = sum(values)
+        elif isinstance(values[0], Tensor):
+            batch[name] = torch.stack(values)
+        else:
+            batch[name] = values
+    return batch
+
+
+class ShardedStream(IterableDataset):
+    """A seeded, epoch-aware stream of decoded batches from webdataset shards.
+
+    Each worker reads the shards :func:`assign_shards` gives it (or, with ``resampled=True``,
+    draws shards with replacement from a per-(seed, epoch, rank, worker) RNG, like webdataset's
+    ``ResampledShards``). With ``repeat=True`` a worker that finishes its shards starts a new pass
+    with a new shard order, so a training epoch never runs dry; :class:`EpochLoader` decides
+    where the epoch ends. Batches carry ``num_skipped``: the samples this worker skipped since
+    its previous batch.
+
+    Args:
+        urls: shard URLs (already expanded).
+        decode: ``decode(sample, train=...) -> dict``; exceptions skip the sample.
+        batch_size: samples per batch.
+        train: augmentation on, shuffle buffer on, partial last batch dropped.
+        seed: integer seed of shard order, shuffle buffer and resampling.
+        shuffle_buffer: samples held by the shuffle buffer (0 = no shuffle).
+        resampled: draw shards with replacement (any number of shards works).
+        repeat: start a new pass when the shards are exhausted.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        decode: Callable[..., Sample],
+        *,
+        batch_size: int,
+        train: bool,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        resampled: bool = False,
+        repeat: bool = False,
+    ) -> None:
+        super().__init__()
+        self.urls = list(urls)
+        self.decode = decode
+        self.batch_size = batch_size
+        self.train = train
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.resampled = resampled
+        self.repeat = repeat
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose shard order the next iteration uses."""
+        self.epoch = epoch
+
+    def _shards(self, rank: int, world_size: int, worker: int, num_workers: int) -> Iterator[dict[str, str]]:
+        if self.resampled:
+            rng = random.Random(f"{self.seed}-{self.epoch}-{rank}-{worker}")
+            while True:
+                yield {"url": rng.choice(self.urls)}
+        for n_pass in range(1_000_000 if self.repeat else 1):
+            for url in assign_shards(
+                self.urls,
+                seed=self.seed,
+                epoch=self.epoch * 1_000_003 + n_pass,
+                rank=rank,
+                world_size=world_size,
+                worker=worker,
+                num_workers=num_workers,
+            ):
+                yield {"url": url}
+
+    def _decoded(self, samples: Iterable[Sample], skips: SkipCounter) -> Iterator[Sample]:
+        for sample in samples:
+            try:
+                out = self.decode(sample, train=self.train)
+            except Exception as exn:  # noqa: BLE001 - any decoder failure is a bad sample
+                skips(exn, sample.get("__key__", "?"))
+                continue
+            out["num_skipped"] = skips.take()
+            yield out
+        if skips.pending:
+            log.warning("%d samples skipped at the end of a worker's stream", skips.pending)
+
+    def __iter__(self) -> Iterator[Sample]:
+        rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
+        skips = SkipCounter()
+        samples = wds.tarfile_to_samples(handler=skips)(self._shards(rank, world_size, worker, num_workers))
+        if self.shuffle_buffer > 0:
+            seed = hash((self.seed, self.epoch, rank, worker)) & 0x7FFFFFFF
+            samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=seed)(samples)
+        batches = wds.batched(self.batch_size, collation_fn=collate, partial=not self.train)
+        yield from batches(self._decoded(samples, skips))
+
+
+class EpochLoader:
+    """A DataLoader over a :class:`ShardedStream` whose epoch is exactly ``num_batches`` long.
+
+    webdataset's ``with_epoch(n)`` on a dataset counts per worker (an epoch of n x workers);
+    here the main process takes exactly ``num_batches`` batches from the workers. The worker RNG
+    is seeded from ``(seed, epoch)`` so augmentation is reproducible, and the loader is
+    *stateful* in Lightning's sense: ``state_dict()`` records how far the epoch got and
+    ``load_state_dict`` makes the next iteration skip those batches, so a resumed run continues at
+    the same data position. Lightning calls ``sampler.set_epoch(epoch)`` every epoch.
+
+    Args:
+        stream: the batches.
+        num_batches: batches per epoch (None: until the stream ends, for validation).
+        num_workers: dataloader worker processes.
+        seed: seeds the worker RNGs together with the epoch.
+    """
+
+    def __init__(self, stream: ShardedStream, *, num_batches: int | None, num_workers: int, seed: int = 0):
+        self.stream = stream
+        self.sampler = stream  # Lightning's per-epoch hook looks for `loader.sampler.set_epoch`
+        self.num_batches = num_batches
+        self.num_workers = num_workers
+        self.seed = seed
+        self._yielded = 0
+        self._skip = 0
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError("validation stream has no fixed length")
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[Sample]:
+        loader = torch.utils.data.DataLoader(
+            self.stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.stream.epoch),
+            persistent_workers=False,
+            multiprocessing_context="fork" if self.num_workers else None,
+        )
+        skip, self._skip = self._skip, 0
+        self._yielded = 0
+        for i, batch in enumerate(loader):
+            if self.num_batches is not None and i >= self.num_batches:
+                break
+            self._yielded = i + 1
+            if i >= skip:
+                yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "batches"}``: the batches of the current epoch already handed out."""
+        return {"epoch": self.stream.epoch, "batches": self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume mid-epoch: the next iteration of epoch ``state["epoch"]`` skips the batches seen."""
+        self.stream.set_epoch(state["epoch"])
+        self._skip = state["batches"]
+
+
+def _split_member(name: str) -> tuple[str, str]:
+    """webdataset's key/extension split: ``dir/key.ext.gz`` -> (``dir/key``, ``ext.gz``)."""
+    head, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{head}/{stem}" if head else stem), ext
