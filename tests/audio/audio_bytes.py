@@ -19,3 +19,17 @@ def encode(samples: np.ndarray, sample_rate: int, fmt: str, subtype: str | None 
     buf = io.BytesIO()
     soundfile.write(buf, samples, sample_rate, format=fmt, subtype=subtype)
     return buf.getvalue()
+
+
+def encode_m4a(samples: np.ndarray, sample_rate: int) -> bytes:
+    """AAC in an MP4 (M4A) container via PyAV's bundled FFmpeg: a format libsndfile cannot read."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=sample_rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(samples[None, :].astype(np.float32), format="fltp", layout="mono")
+        frame.sample_rate = sample_rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return buf.getvalue()

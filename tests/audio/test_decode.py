@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from audio_bytes import encode, sine
-
+from audio_bytes import encode, encode_m4a, sine
 from mmfuse.audio import FFMPEG_DEBIAN_PACKAGES, AudioDecodeError, decode_audio
 
 
@@ -56,6 +55,20 @@ def test_truncated_flac_raises_decode_error():
 def test_zero_sample_file_raises_decode_error():
     with pytest.raises(AudioDecodeError, match="0 samples"):
         decode_audio(encode(np.zeros(0, np.float32), 16000, "WAV", "FLOAT"))
+
+
+def test_m4a_goes_to_torchcodec_when_ffmpeg_is_installed():
+    data = encode_m4a(sine(440.0, 1.0, 16000), 16000)
+    try:
+        waveform, sample_rate = decode_audio(data)
+    except AudioDecodeError as error:
+        if "apt-get install" in str(error):
+            pytest.skip("system FFmpeg libraries not installed")
+        raise
+    assert sample_rate == 16000 and waveform.shape[0] == 1
+    assert abs(waveform.shape[1] - 16000) <= 2048  # AAC priming / frame padding
+    spectrum = torch.fft.rfft(waveform[0, :16000]).abs()
+    assert int(spectrum.argmax()) == 440  # 1 Hz bins over one second
 
 
 def test_missing_ffmpeg_names_the_debian_packages(monkeypatch):

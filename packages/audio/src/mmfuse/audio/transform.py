@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 
-from torch import Tensor
-
 from mmfuse.audio.decode import decode_audio
 from mmfuse.audio.features import LogMelSpectrogram, SpecAugment
 from mmfuse.audio.waveform import Resampler, fit_length, to_mono
+from torch import Tensor
 
 
 class AudioTransform:

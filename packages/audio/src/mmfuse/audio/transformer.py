@@ -18,9 +18,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
+from mmfuse.core.attention import attention
 from mmfuse.core.encoders import EncoderOutput
+from torch import Tensor, nn
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:
@@ -40,22 +40,11 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Ten
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
-    """Bidirectional scaled dot-product attention with padded keys excluded.
-
-    Args:
-        q, k, v: ``[b, h, s_e, hd]``.
-        key_padding_mask: ``[b, s_e]`` bool, True for real tokens; None if all are real.
-
-    Returns:
-        ``[b, h, s_e, hd]``: ``softmax(q k^T / sqrt(hd)) v`` over the real keys.
-    """
-    attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]  # [b, 1, 1, s_e]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-
-
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with Whisper's projections (no bias on ``k_proj``)."""
+    """Multi-head self-attention with Whisper's projections (no bias on ``k_proj``).
+
+    The attention itself goes through :func:`mmfuse.core.attention.attention` (backend ``auto``).
+    """
 
     def __init__(self, hidden_size: int, num_heads: int):
         super().__init__()
@@ -75,7 +64,8 @@ class SelfAttention(nn.Module):
             return x.view(b, s, self.num_heads, d // self.num_heads).transpose(1, 2)
 
         q, k, v = (heads(proj(hidden_states)) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        out = attention(q, k, v, key_padding_mask)
+        attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]  # [b, 1, 1, s_e]
+        out = attention(q, k, v, attn_mask=attn_mask)  # bidirectional; padded keys excluded
         return self.out_proj(out.transpose(1, 2).reshape(b, s, d))  # [b, h, s_e, hd] -> [b, s_e, d]
 
 
@@ -172,4 +162,4 @@ def _zero_padding(x: Tensor, mask: Tensor | None) -> Tensor:
     return x if mask is None else x.masked_fill(~mask, 0.0)
 
 
-__all__ = ["EncoderLayer", "MelTransformer", "SelfAttention", "attention", "sinusoids"]
+__all__ = ["EncoderLayer", "MelTransformer", "SelfAttention", "sinusoids"]
