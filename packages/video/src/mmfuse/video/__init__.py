@@ -1,1 +1,22 @@
-"""mmfuse.video."""
+"""mmfuse.video: clip decoding and frame sampling (-> ``pixel_values_videos``), the video tower."""
+
+from mmfuse.video.checkpoint import load_media_encoder_state
+from mmfuse.video.decoding import VideoDecodeError, open_video
+from mmfuse.video.encoder import VideoEncoder
+from mmfuse.video.masking import TubePatchDropout
+from mmfuse.video.sampling import FpsSampler, SegmentSampler, UniformSampler
+from mmfuse.video.temporal import TemporalTransformer
+from mmfuse.video.transforms import VideoTransform
+
+__all__ = [
+    "FpsSampler",
+    "SegmentSampler",
+    "TemporalTransformer",
+    "TubePatchDropout",
+    "UniformSampler",
+    "VideoDecodeError",
+    "VideoEncoder",
+    "VideoTransform",
+    "load_media_encoder_state",
+    "open_video",
+]
