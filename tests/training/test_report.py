@@ -1,0 +1,92 @@
+"""``mmfuse report``: curves merged over restarts, PNGs and a Markdown summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import CSVLogger
+from matplotlib.image import imread
+from mmfuse.training.report import find_metrics_files, main, read_curves, write_report
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(",".join(map(str, r)) for r in [header, *rows]) + "\n")
+
+
+@pytest.fixture
+def resumed_run(tmp_path: Path) -> Path:
+    """A run killed after step 7 (last checkpoint at step 5) and resumed: steps 6-7 are logged twice."""
+    logs = tmp_path / "lightning_logs"
+    header = ["epoch", "step", "train/loss", "train/time", "val/top1"]
+    _write_csv(logs / "version_0/metrics.csv", header, [[0, s, 10 - s, s * 0.1, ""] for s in range(8)])
+    _write_csv(
+        logs / "version_1/metrics.csv",
+        header,
+        [[0, s, 9.5 - s, s * 0.1, ""] for s in range(6, 12)] + [[0, 11, "", "", 0.75]],
+    )
+    manifest = {"git": {"commit": "abc123", "dirty": True}, "seed": 7, "world_size": 4, "host": "n1"}
+    (logs / "version_1/manifest.json").write_text(json.dumps({**manifest, "slurm": {"job_id": "42"}}))
+    return tmp_path
+
+
+def test_curves_merge_restarts_and_later_values_win(resumed_run: Path) -> None:
+    files = find_metrics_files(resumed_run)
+    assert [f.parent.name for f in files] == ["version_0", "version_1"]
+    curves = read_curves(files)
+    assert list(curves) == ["train/loss", "val/top1"]  # epoch/step/time are not curves
+    assert curves["train/loss"] == {s: 10.0 - s for s in range(6)} | {s: 9.5 - s for s in range(6, 12)}
+    assert curves["val/top1"] == {11: 0.75}
+
+
+def test_version_order_is_numeric(tmp_path: Path) -> None:
+    for v in (10, 9, 2):
+        _write_csv(tmp_path / f"lightning_logs/version_{v}/metrics.csv", ["step", "train/loss"], [[0, v]])
+    assert [f.parent.name for f in find_metrics_files(tmp_path)] == ["version_2", "version_9", "version_10"]
+    assert read_curves(find_metrics_files(tmp_path)) == {"train/loss": {0: 10.0}}
+
+
+def test_report_writes_pngs_and_summary(resumed_run: Path) -> None:
+    report = write_report(resumed_run)
+    assert report == resumed_run / "report" / "report.md"
+    text = report.read_text()
+    assert "- git commit `abc123` (dirty, see git.diff)" in text
+    assert "- seed 7, world size 4, host `n1`" in text and "- SLURM job 42" in text
+    assert "| train/loss | 12 | 11 | -1.5 | -1.5 | 10 |" in text
+    assert "| val/top1 | 1 | 11 | 0.75 | 0.75 | 0.75 |" in text
+    for stem in ("loss", "metrics"):
+        assert f"![{stem}]({stem}.png)" in text
+        height, width, channels = imread(report.parent / f"{stem}.png").shape
+        assert height > 200 and width > 300 and channels == 4
+
+
+class LoggingModel(BoringModel):
+    def training_step(self, batch, batch_idx):
+        out = super().training_step(batch, batch_idx)
+        self.log("train_loss", out["loss"])
+        return out
+
+
+def test_report_of_a_real_csv_logger_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, max_steps=12, limit_val_batches=2, val_check_interval=6,
+        logger=CSVLogger(tmp_path), log_every_n_steps=2, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(LoggingModel())
+    main([str(tmp_path)])
+    assert f"wrote {tmp_path / 'report' / 'report.md'}" in capsys.readouterr().out
+    curves = read_curves(find_metrics_files(tmp_path))
+    assert sorted(curves["train_loss"]) == [1, 3, 5, 7, 9, 11]  # log_every_n_steps=2, 0-based steps
+    assert (tmp_path / "report" / "loss.png").stat().st_size > 10_000
+
+
+def test_missing_run_dir_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path / "nope")])
+    assert info.value.code == 2
+    assert f"no metrics.csv under {tmp_path / 'nope'}" in capsys.readouterr().err
