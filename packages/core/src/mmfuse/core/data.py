@@ -21,6 +21,7 @@ Media transforms (``mmfuse.vision.ImageTransform``, ``mmfuse.audio.AudioTransfor
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -167,13 +168,11 @@ class PairDecoder:
 
 
 def collate(samples: Sequence[Sample]) -> Sample:
-    """Stack tensors, list everything else, and sum ``num_skipped`` into one ``int``."""
+    """Stack tensors (``[...] -> [b, ...]``) and list everything else."""
     batch: Sample = {}
     for name in samples[0]:
         values = [s[name] for s in samples]
-        if name == "num_skipped":
-            batch[name] = sum(values)
-        elif isinstance(values[0], Tensor):
+        if isinstance(values[0], Tensor):
             batch[name] = torch.stack(values)
         else:
             batch[name] = values
@@ -188,7 +187,7 @@ class ShardedStream(IterableDataset):
     ``ResampledShards``). With ``repeat=True`` a worker that finishes its shards starts a new pass
     with a new shard order, so a training epoch never runs dry; :class:`EpochLoader` decides
     where the epoch ends. Batches carry ``num_skipped``: the samples this worker skipped since
-    its previous batch.
+    its previous batch. In training the last partial batch of a pass is dropped.
 
     Args:
         urls: shard URLs (already expanded).
@@ -199,6 +198,9 @@ class ShardedStream(IterableDataset):
         shuffle_buffer: samples held by the shuffle buffer (0 = no shuffle).
         resampled: draw shards with replacement (any number of shards works).
         repeat: start a new pass when the shards are exhausted.
+        split_samples: every worker reads all shards and keeps every n-th sample (n = ranks x
+            workers): an exact partition for any shard count, at the cost of reading every shard
+            n times. Meant for small validation sets with fewer shards than ranks x workers.
     """
 
     def __init__(
@@ -212,6 +214,7 @@ class ShardedStream(IterableDataset):
         shuffle_buffer: int = 1000,
         resampled: bool = False,
         repeat: bool = False,
+        split_samples: bool = False,
     ) -> None:
         super().__init__()
         self.urls = list(urls)
@@ -222,50 +225,59 @@ class ShardedStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.resampled = resampled
         self.repeat = repeat
+        self.split_samples = split_samples
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose shard order the next iteration uses."""
         self.epoch = epoch
 
-    def _shards(self, rank: int, world_size: int, worker: int, num_workers: int) -> Iterator[dict[str, str]]:
+    def _samples(self, rank: int, world_size: int, worker: int, num_workers: int, skips: SkipCounter) -> Iterator[Sample]:
+        to_samples = wds.tarfile_to_samples(handler=skips)
+        if self.split_samples:
+            slot, num_slots = rank * num_workers + worker, world_size * num_workers
+            yield from itertools.islice(to_samples({"url": u} for u in self.urls), slot, None, num_slots)
+            return
         if self.resampled:
             rng = random.Random(f"{self.seed}-{self.epoch}-{rank}-{worker}")
-            while True:
-                yield {"url": rng.choice(self.urls)}
-        for n_pass in range(1_000_000 if self.repeat else 1):
-            for url in assign_shards(
-                self.urls,
-                seed=self.seed,
-                epoch=self.epoch * 1_000_003 + n_pass,
-                rank=rank,
-                world_size=world_size,
-                worker=worker,
-                num_workers=num_workers,
-            ):
-                yield {"url": url}
+            yield from self._shuffled(to_samples({"url": rng.choice(self.urls)} for _ in itertools.count()), 0)
+            return
+        # One pass = this worker's shards once; the shuffle buffer drains at the end of each pass,
+        # so no sample is seen twice in an epoch shorter than a pass.
+        for n_pass in itertools.count() if self.repeat else range(1):
+            shards = assign_shards(
+                self.urls, seed=self.seed, epoch=self.epoch * 1_000_003 + n_pass, rank=rank,
+                world_size=world_size, worker=worker, num_workers=num_workers,
+            )  # fmt: skip
+            yield from self._shuffled(to_samples({"url": u} for u in shards), n_pass)
 
-    def _decoded(self, samples: Iterable[Sample], skips: SkipCounter) -> Iterator[Sample]:
+    def _shuffled(self, samples: Iterable[Sample], n_pass: int) -> Iterable[Sample]:
+        if self.shuffle_buffer <= 0:
+            return samples
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        seed = random.Random(f"{self.seed}-{self.epoch}-{n_pass}-{rank}-{worker}").getrandbits(31)
+        return wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=seed)(samples)
+
+    def _batches(self, samples: Iterable[Sample], skips: SkipCounter) -> Iterator[Sample]:
+        batch: list[Sample] = []
         for sample in samples:
             try:
-                out = self.decode(sample, train=self.train)
+                batch.append(self.decode(sample, train=self.train))
             except Exception as exn:  # noqa: BLE001 - any decoder failure is a bad sample
                 skips(exn, sample.get("__key__", "?"))
                 continue
-            out["num_skipped"] = skips.take()
-            yield out
+            if len(batch) == self.batch_size:
+                yield {**collate(batch), "num_skipped": skips.take()}
+                batch = []
+        if batch and not self.train:
+            yield {**collate(batch), "num_skipped": skips.take()}
         if skips.pending:
-            log.warning("%d samples skipped at the end of a worker's stream", skips.pending)
+            log.warning("%d skipped samples after the last batch of this worker", skips.pending)
 
     def __iter__(self) -> Iterator[Sample]:
         rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
         skips = SkipCounter()
-        samples = wds.tarfile_to_samples(handler=skips)(self._shards(rank, world_size, worker, num_workers))
-        if self.shuffle_buffer > 0:
-            seed = hash((self.seed, self.epoch, rank, worker)) & 0x7FFFFFFF
-            samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=seed)(samples)
-        batches = wds.batched(self.batch_size, collation_fn=collate, partial=not self.train)
-        yield from batches(self._decoded(samples, skips))
+        yield from self._batches(self._samples(rank, world_size, worker, num_workers, skips), skips)
 
 
 class EpochLoader:

@@ -1,0 +1,5 @@
+"""Lightning DataModules and collators of the mmfuse stages."""
+
+from mmfuse.training.data.pairs import PairDataModule
+
+__all__ = ["PairDataModule"]
