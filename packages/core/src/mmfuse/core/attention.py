@@ -50,7 +50,6 @@ import functools
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Literal
 
 import torch
@@ -256,17 +255,19 @@ def _sdpa_varlen_unsupported(call: _Call) -> str | None:
 
 
 def _sdpa_varlen(call: _Call) -> Tensor:
-    cu_q, cu_k = call.cu_seqlens_q.tolist(), call.cu_seqlens_k.tolist()  # type: ignore[union-attr]
-    h, hd_v = call.q.shape[1], call.v.shape[-1]
+    lengths_q = torch.diff(call.cu_seqlens_q).tolist()  # type: ignore[arg-type]
+    lengths_k = torch.diff(call.cu_seqlens_k).tolist()  # type: ignore[arg-type]
+    # split (not slicing): its backward concatenates the segment gradients once
+    parts = zip(call.q.split(lengths_q), call.k.split(lengths_k), call.v.split(lengths_k), strict=True)
     outs = []
-    for (q0, q1), (k0, k1) in zip(pairwise(cu_q), pairwise(cu_k), strict=True):
-        if k0 == k1:
-            outs.append(call.q.new_zeros(q1 - q0, h, hd_v))
+    for q, k, v in parts:
+        if not len(k):
+            outs.append(q.new_zeros(*q.shape[:-1], call.v.shape[-1]))
             continue
-        q, k, v = (
-            t[a:b].transpose(0, 1) for t, a, b in ((call.q, q0, q1), (call.k, k0, k1), (call.v, k0, k1))
-        )
-        mask = _causal_mask(q1 - q0, k1 - k0, q.device) if call.causal and q1 - q0 != k1 - k0 else None
+        # [s_i, h, hd] -> [1, h, s_i, hd]: SDPA's fused CPU kernel takes 4-D input (3-D runs the math path)
+        q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        s_q, s_k = q.shape[-2], k.shape[-2]
+        mask = _causal_mask(s_q, s_k, q.device) if call.causal and s_q != s_k else None
         out = F.scaled_dot_product_attention(
             q,
             k,
@@ -277,7 +278,7 @@ def _sdpa_varlen(call: _Call) -> Tensor:
             scale=call.scale,
             enable_gqa=call.gqa,
         )
-        outs.append(out.transpose(0, 1))  # [h, s_q_i, hd] -> [s_q_i, h, hd]
+        outs.append(out[0].transpose(0, 1))  # [1, h, s_q_i, hd] -> [s_q_i, h, hd]
     return torch.cat(outs)
 
 

@@ -118,7 +118,7 @@ def pack(padded: Tensor, layout: Unpadded) -> Tensor:
 def pad(packed: Tensor, layout: Unpadded, batch_size: int, seq_len: int) -> Tensor:
     """``[total, *f]`` -> ``[b, s, *f]`` with zeros at padding (the inverse of :func:`pack`)."""
     out = packed.new_zeros(batch_size * seq_len, *packed.shape[1:])
-    return out.index_copy(0, layout.indices, packed).unflatten(0, (batch_size, seq_len))
+    return out.index_copy_(0, layout.indices, packed).unflatten(0, (batch_size, seq_len))
 
 
 def concat_ranges(starts: Tensor, lengths: Tensor) -> Tensor:
