@@ -21,24 +21,24 @@ Every backend computes the same function, flash-attn 2's:
 
 Backends (``backend=``):
 
-============== ========== ============ ============================================================
-name           layouts    devices      notes
-============== ========== ============ ============================================================
-``flash``      both       CUDA sm80+   flash-attn 2 (optional extra ``flash``); fp16/bf16, hd <= 256
-``torch_varlen`` packed   CUDA sm80+   ``torch.nn.attention.varlen.varlen_attn``; fp16/bf16, no dropout
-``flex``       both       CUDA (CPU    FlexAttention with a segment/causal block mask, compiled on
-                          fwd only)    CUDA; no ``attn_mask``, no dropout
-``sdpa_varlen`` packed    any          one SDPA call per segment (host loop over ``cu_seqlens``)
-``sdpa``       both       any          SDPA; packed input becomes one block-diagonal dense mask
-``eager``      both       any          the plain math reference (materialises every score)
-============== ========== ============ ============================================================
+* ``flash``: flash-attn 2 (``flash_attn_func`` / ``flash_attn_varlen_func``; optional extra ``flash``),
+  both layouts; CUDA sm80+, fp16/bf16, hd <= 256, no ``attn_mask``.
+* ``torch_varlen``: ``torch.nn.attention.varlen.varlen_attn``, packed only; CUDA sm80+, fp16/bf16,
+  hd % 8 == 0, no dropout, no ``attn_mask``.
+* ``flex``: FlexAttention with a segment / causal block mask, both layouts; compiled on CUDA; on CPU
+  forward only (no backward in torch 2.11); no ``attn_mask``, no dropout.
+* ``sdpa_varlen``: packed only, any device; one SDPA call per segment (a host loop over ``cu_seqlens``).
+* ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``, both layouts, any device; packed input
+  becomes one block-diagonal ``[total_q, total_k]`` mask.
+* ``eager``: the plain math reference, both layouts, any device; materialises every score.
 
 ``auto`` takes the first backend that supports the inputs, in the order flash, torch_varlen,
 sdpa_varlen (packed) or flash, sdpa (padded). On CPU with torch 2.11 (16 sequences of 16..1024 tokens,
 8 heads x 64, causal, forward + backward): per-segment SDPA 0.29 s, padded SDPA 0.45 s, block-diagonal
 SDPA 2.7 s, FlexAttention's eager forward alone 15.7 s (it has no CPU backward and materialises the
-whole score matrix), so ``flex`` is never chosen automatically. A backend named explicitly that cannot
-run the inputs raises :class:`AttentionBackendError` saying why; nothing falls back silently.
+whole score matrix), so ``flex`` is never chosen automatically; ``benchmarks/attention.py`` measures
+the others. A backend named explicitly that cannot run the inputs raises
+:class:`AttentionBackendError` saying why; nothing falls back silently.
 
 Shape letters: b batch, h query heads, h_kv key/value heads, s_q/s_k query/key tokens, hd head size,
 n segments, total_q/total_k packed tokens.

@@ -489,7 +489,31 @@ class FusedCausalLM(nn.Module):
                 )
         if not len(item_modality):
             return None
-        tokens, lengths, item_order = [], [], torch.empty_like(item_modality)
+        tokens, cu_item_tokens = self._media_tokens(media, names, item_modality)
+        return _MediaSession(
+            tokens=tokens.to(self.lm.get_input_embeddings().weight.dtype),
+            cu_item_tokens=cu_item_tokens,
+            placeholder_ids=placeholder_ids,
+            only_latest=self.only_latest,
+            input_ids=input_ids[:, :0],
+            document_ids=input_ids[:, :0],
+        )
+
+    def _media_tokens(
+        self, media: Mapping[str, EncoderOutput], names: list[str], item_modality: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Adapt each modality's items at once, then regroup the real tokens in placeholder order.
+
+        Args:
+            media: modality -> encoder output, validated against the placeholders.
+            names: modality names; ``item_modality`` indexes them.
+            item_modality: ``[n]`` int64 modality of each item, in placeholder order.
+
+        Returns:
+            ``[m, media_dim]`` tokens and ``[n + 1]`` int64 item boundaries in them.
+        """
+        tokens, lengths = [], []
+        item_order = torch.empty_like(item_modality)  # placeholder order -> modality-grouped order
         for code, name in enumerate(names):
             items = torch.nonzero(item_modality == code).flatten()
             if not len(items):
@@ -497,28 +521,23 @@ class FusedCausalLM(nn.Module):
             out = self.adapters[name](media[name].hidden_states, media[name].attention_mask)
             mask = out.attention_mask
             if mask is None:
-                mask = torch.ones(out.hidden_states.shape[:2], dtype=torch.bool, device=input_ids.device)
-            item_order[items] = sum(len(x) for x in lengths) + torch.arange(
-                len(items), device=input_ids.device
-            )
+                mask = out.hidden_states.new_ones(out.hidden_states.shape[:2], dtype=torch.bool)
+            item_order[items] = torch.arange(len(items), device=items.device) + sum(map(len, lengths))
             tokens.append(out.hidden_states[mask])  # [n_m, s_m, media_dim] -> [m_m, media_dim]
             lengths.append(mask.sum(-1))
-        lengths_by_modality = torch.cat(lengths)
+        lengths_by_modality = torch.cat(lengths)  # items grouped by modality
         starts = cu_seqlens_from_lengths(lengths_by_modality).long()[:-1]
         item_lengths = lengths_by_modality[item_order]
-        in_order = concat_ranges(starts[item_order], item_lengths)  # tokens regrouped in placeholder order
-        dtype = self.lm.get_input_embeddings().weight.dtype
-        return _MediaSession(
-            tokens=torch.cat(tokens)[in_order].to(dtype),
-            cu_item_tokens=cu_seqlens_from_lengths(item_lengths).long(),
-            placeholder_ids=placeholder_ids,
-            only_latest=self.only_latest,
-            input_ids=input_ids[:, :0],
-            document_ids=input_ids[:, :0],
-        )
+        in_order = concat_ranges(starts[item_order], item_lengths)
+        return torch.cat(tokens)[in_order], cu_seqlens_from_lengths(item_lengths).long()
 
     def _before_lm_call(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        """Forward pre-hook of the LM: plan this call's cross-attention from its ``input_ids``."""
+        """Forward pre-hook of the LM: plan this call's cross-attention from its ``input_ids``.
+
+        The cache's length gives the position of the call's first token (transformers 5.24 passes the
+        cache as ``cache``, earlier releases as ``past_key_values``); ``generate`` calls the LM once
+        per token, so the session keeps the tokens seen so far.
+        """
         if self._session is None:
             self._slot.context = None
             return
