@@ -436,7 +436,7 @@ def write_jsonl_gz(rows: list[dict[str, str]], path: Path) -> None:
 
 def write_modality(samples: list[Sample], out: Path) -> int:
     """Replace ``out``'s shards with train and val shards of ``samples``; return their bytes."""
-    for old in out.glob("*.tar"):
+    for old in [*out.glob("*.tar"), *out.glob("*.tar.gz")]:
         old.unlink()
     paths = []
     for split, num_shards in NUM_SHARDS.items():

@@ -8,6 +8,7 @@ Shape letters: t frames, h height, w width, n samples.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -124,7 +125,7 @@ def encode_mp4(frames: np.ndarray, fps: int, qp: int = 23) -> bytes:
 def write_shards(
     samples: Sequence[Sample], out_dir: Path, split: str, num_shards: int, seed: int
 ) -> list[Path]:
-    """Write the samples of one split as ``{split}-000000.tar`` ... in ``out_dir``.
+    """Write the samples of one split as ``{split}-000000.tar.gz`` ... in ``out_dir``.
 
     Samples are sorted by key, permuted with ``numpy.random.default_rng(seed)`` (so one shard
     does not hold one class) and cut into ``num_shards`` contiguous, near-equal shards. Members
@@ -144,8 +145,14 @@ def write_shards(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, part in enumerate(np.array_split(permutation, num_shards)):
-        path = out_dir / f"{split}-{index:06d}.tar"
-        with wds.TarWriter(str(path), user="", group="", mtime=0, encoder=False) as writer:
+        path = out_dir / f"{split}-{index:06d}.tar.gz"
+        # gzip: the tar headers of three small members per sample are most of the bytes; mtime 0
+        # and no file name in the gzip header keep the output reproducible.
+        with (
+            open(path, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz,
+            wds.TarWriter(gz, user="", group="", mtime=0, encoder=False) as writer,
+        ):
             for i in part:
                 sample = ordered[i]
                 writer.write(

@@ -44,7 +44,7 @@ def load(modality: str) -> list[dict]:
     """Every sample of a modality, read with webdataset, with ``split`` added from the shard name."""
     samples = []
     for split, count in SHARDS.items():
-        urls = [str(DATA / modality / f"{split}-{i:06d}.tar") for i in range(count)]
+        urls = [str(DATA / modality / f"{split}-{i:06d}.tar.gz") for i in range(count)]
         for sample in wds.WebDataset(urls, shardshuffle=False):
             sample["split"] = split
             sample["meta"] = json.loads(sample["json"])
@@ -66,7 +66,7 @@ def hash_split(key: str) -> str:
 def test_layout_has_exactly_the_agreed_shards():
     for modality in MODALITIES:
         names = sorted(p.name for p in (DATA / modality).iterdir())
-        expected = [f"{split}-{i:06d}.tar" for split, n in SHARDS.items() for i in range(n)]
+        expected = [f"{split}-{i:06d}.tar.gz" for split, n in SHARDS.items() for i in range(n)]
         assert names == expected, modality
     assert (DATA / "text" / "wordnet.jsonl.gz").is_file()
 
