@@ -298,7 +298,9 @@ def _sdpa(call: _Call) -> Tensor:
         scale=call.scale,
         enable_gqa=call.gqa,
     )
-    if mask is not None:  # CPU SDPA already returns 0 there; not every CUDA kernel is documented to
+    if mask is not None:
+        # Rows that see no key: SDPA's CPU kernels return 0 (tested); its CUDA kernels do not all
+        # document that, so pin the contract here.
         out = out.masked_fill(~_sees_any_key(mask), 0.0)
     return call.unpad_view(out)
 
