@@ -334,9 +334,14 @@ class EpochLoader:
         return {"epoch": self.stream.epoch, "batches": self._yielded}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume mid-epoch: the next iteration of epoch ``state["epoch"]`` skips the batches seen."""
+        """Resume mid-epoch: the next iteration of epoch ``state["epoch"]`` skips the batches seen.
+
+        A state taken after the epoch's last batch (Lightning checkpoints in ``on_train_batch_end``)
+        resumes at the start of the next epoch, which Lightning then selects with ``set_epoch``.
+        """
         self.stream.set_epoch(state["epoch"])
-        self._skip = state["batches"]
+        epoch_done = self.num_batches is not None and state["batches"] >= self.num_batches
+        self._skip = 0 if epoch_done else state["batches"]
 
 
 def _split_member(name: str) -> tuple[str, str]:
