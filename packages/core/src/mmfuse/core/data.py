@@ -298,8 +298,8 @@ class EpochLoader:
     """
 
     def __init__(self, stream: ShardedStream, *, num_batches: int | None, num_workers: int, seed: int = 0):
-        self.stream = stream
-        self.sampler = stream  # Lightning's per-epoch hook looks for `loader.sampler.set_epoch`
+        self.stream = self.dataset = stream  # `dataset`: Lightning's loader inspection expects it
+        self.sampler = stream  # Lightning's per-epoch hook calls `loader.sampler.set_epoch(epoch)`
         self.num_batches = num_batches
         self.num_workers = num_workers
         self.seed = seed

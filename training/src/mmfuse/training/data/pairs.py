@@ -57,7 +57,7 @@ class PairDataModule(L.LightningDataModule):
         self.resampled, self.seed = resampled, seed
 
     def _world(self) -> tuple[int, int]:
-        trainer = self._trainer
+        trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def train_dataloader(self) -> EpochLoader:
