@@ -3,21 +3,35 @@
 Every stage is a LightningModule and every dataset a LightningDataModule chosen in YAML by
 ``class_path`` / ``init_args`` (one config system: jsonargparse). Defaults added here:
 
-* ``checkpoint``: a ``ModelCheckpoint`` keeping ``last.ckpt`` and the best by ``checkpoint.monitor``;
-* loggers: CSV always, TensorBoard when installed, both under ``trainer.default_root_dir``;
-* the resolved config saved in the run directory, overwritten on requeue (Lightning's
-  ``SaveConfigCallback`` with ``overwrite=True``) so a requeued SLURM job does not abort;
+* ``checkpoint``: a ``ModelCheckpoint`` keeping ``last.ckpt`` and the best by ``checkpoint.monitor``,
+  in ``<trainer.default_root_dir>/checkpoints`` (one directory for every start of a run, so
+  ``--ckpt_path last`` finds the previous start's checkpoint);
+* checkpoints written atomically (:class:`~mmfuse.training.checkpoint.AtomicCheckpointIO`) unless
+  ``trainer.plugins`` is set;
+* ``nonfinite``: :class:`~mmfuse.training.callbacks.guards.NonFiniteLossGuard` (stop; or skip);
+* ``requeue``: :class:`~mmfuse.training.callbacks.requeue.RequeueOnSignal` (SLURM jobs only);
+* ``throughput``: :class:`~mmfuse.training.callbacks.throughput.MeasuredThroughputMonitor` (MFU);
+* loggers: CSV always (``lightning_logs/version_N``), TensorBoard when installed
+  (``tensorboard/version_N``), both under ``trainer.default_root_dir`` (default ``runs``);
+* the resolved config and the run manifest (:class:`~mmfuse.training.callbacks.manifest.RunManifest`)
+  saved in each start's log directory, overwritten on requeue so a requeued SLURM job does not abort;
 * ``trainer.use_distributed_sampler=False``: the webdataset pipeline splits shards by rank itself.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from mmfuse.training.callbacks.guards import NonFiniteLossGuard
+from mmfuse.training.callbacks.manifest import RunManifest
+from mmfuse.training.callbacks.requeue import RequeueOnSignal
+from mmfuse.training.callbacks.throughput import MeasuredThroughputMonitor
 
 
 class MmfuseCLI(LightningCLI):
@@ -26,16 +40,27 @@ class MmfuseCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.mode": "max"})
+        parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite")
+        parser.add_lightning_class_args(RequeueOnSignal, "requeue")
+        parser.add_lightning_class_args(MeasuredThroughputMonitor, "throughput")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
+        root = trainer.default_root_dir = trainer.default_root_dir or "runs"
+        if config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = os.path.join(root, "checkpoints")
+        if trainer.plugins is None:
+            trainer.plugins = [{"class_path": "mmfuse.training.checkpoint.AtomicCheckpointIO"}]
         if trainer.logger in (None, True):
-            root = trainer.default_root_dir or "runs"
             loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": root}}]
             if importlib.util.find_spec("tensorboard") is not None:
                 loggers.append(
-                    {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": root}}
+                    # its own name: two loggers in one `lightning_logs` take two different version_N
+                    {
+                        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                        "init_args": {"save_dir": root, "name": "tensorboard"},
+                    }
                 )
             trainer.logger = loggers
 
@@ -47,6 +72,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> MmfuseCLI:
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=RunManifest,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
         trainer_defaults={"use_distributed_sampler": False, "log_every_n_steps": 10},
