@@ -1,0 +1,116 @@
+"""Held-out evaluation of an instruction-tuned model: greedy exact match per question kind, perplexity.
+
+For every assistant turn of every validation conversation, the conversation before it (with its
+media) is the prompt; the model answers greedily with the KV cache, and the answer counts when it
+equals the reference turn exactly (after stripping surrounding whitespace). Logged at the end of
+each validation epoch:
+
+* ``val/exact_match/<kind>`` (e.g. ``val/exact_match/image/digit``) and ``val/exact_match/<modality>``
+  (every kind whose name starts with ``<modality>/``);
+* ``val/majority/<kind>``: the share of the most common reference answer of that kind, the accuracy
+  of the best constant answer on these very questions (an upper bound of the majority-answer
+  baseline);
+* ``val/perplexity``: ``exp(sum NLL / target tokens)`` over every validation target token.
+
+Single process: with several ranks each logs its own shard's figures.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from mmfuse.core.text import content_text, media_order, tokenize_chat
+from mmfuse.training.data.chat import ChatExample, collate_media
+from torch import Tensor
+
+
+def answer_prompts(example: ChatExample, tokenizer: Any) -> list[tuple[Tensor, list, str, str]]:
+    """``(prompt_ids [s], the prompt's media parts, kind, reference)`` for each assistant turn."""
+    prompts = []
+    turns = [i for i, m in enumerate(example.messages) if m["role"] == "assistant"]
+    for turn, kind in zip(turns, example.kinds, strict=True):
+        before = example.messages[:turn]
+        ids = tokenize_chat(tokenizer, before, add_generation_prompt=True).input_ids
+        media = example.media[: len(media_order(before))]
+        prompts.append((ids, media, kind, content_text(example.messages[turn]["content"]).strip()))
+    return prompts
+
+
+def left_pad(sequences: list[Tensor], pad_token_id: int) -> tuple[Tensor, Tensor]:
+    """``input_ids`` and ``attention_mask`` ``[b, max_len]``, real tokens flush right (for generation)."""
+    length = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.int64)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, seq in enumerate(sequences):
+        input_ids[row, length - len(seq) :], attention_mask[row, length - len(seq) :] = seq, 1
+    return input_ids, attention_mask
+
+
+class GenerationEval(Callback):
+    """Exact match of greedy answers per question kind and perplexity on the validation set.
+
+    Args:
+        max_new_tokens: generation budget per answer.
+        max_questions: answer at most this many questions per validation epoch (the first ones);
+            None for all. Perplexity always covers the whole set.
+    """
+
+    def __init__(self, max_new_tokens: int = 48, max_questions: int | None = None) -> None:
+        self.max_new_tokens, self.max_questions = max_new_tokens, max_questions
+        self._reset()
+
+    def _reset(self) -> None:
+        self.correct: Counter[str] = Counter()
+        self.asked: Counter[str] = Counter()
+        self.references: dict[str, Counter[str]] = defaultdict(Counter)
+        self.nll, self.tokens = 0.0, 0
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reset()
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: Any,
+        outputs: Any,
+        batch: dict,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.nll += float(outputs["nll"])
+        self.tokens += int(outputs["tokens"])
+        budget = None if self.max_questions is None else self.max_questions - self.asked.total()
+        prompts = [p for e in batch["examples"] for p in answer_prompts(e, pl_module.tokenizer)][:budget]
+        if not prompts:
+            return
+        tokenizer = pl_module.tokenizer
+        input_ids, attention_mask = left_pad([p[0] for p in prompts], tokenizer.pad_token_id)
+        media = {
+            m: {k: v.to(pl_module.device) for k, v in x.items()}
+            for m, x in collate_media([p[1] for p in prompts]).items()
+        }
+        device = pl_module.device
+        new_ids = pl_module.generate(
+            input_ids.to(device), attention_mask.to(device), media, self.max_new_tokens
+        )
+        answers = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+        for (_, _, kind, reference), answer in zip(prompts, answers, strict=True):
+            self.asked[kind] += 1
+            self.correct[kind] += answer.strip() == reference
+            self.references[kind][reference] += 1
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = {"val/perplexity": torch.tensor(self.nll / max(self.tokens, 1)).exp().item()}
+        modalities: dict[str, list[str]] = defaultdict(list)
+        for kind, asked in self.asked.items():
+            metrics[f"val/exact_match/{kind}"] = self.correct[kind] / asked
+            metrics[f"val/majority/{kind}"] = self.references[kind].most_common(1)[0][1] / asked
+            modalities[kind.split("/")[0]].append(kind)
+        for modality, kinds in modalities.items():
+            asked = sum(self.asked[k] for k in kinds)
+            metrics[f"val/exact_match/{modality}"] = sum(self.correct[k] for k in kinds) / asked
+        pl_module.log_dict(metrics)

@@ -1,0 +1,257 @@
+"""Multimodal chat samples for instruction tuning: decoding, packing and the DataModule.
+
+A shard sample is ``{key}.json`` -> ``{"messages": [...], "kinds": [...], "source": ...}`` (TRL
+conversational messages; ``kinds`` names the question kind of each assistant turn, for evaluation)
+plus one member per media part, ``{key}.{modality}_{i}.{ext}`` for the i-th part of that modality
+(``scripts/build_instructions.py`` writes them). :class:`ChatDecoder` tokenizes with assistant-only
+labels (:func:`mmfuse.core.text.tokenize_chat`) and runs the media transforms; a sample that is
+too long to keep its media is skipped and counted by the pipeline.
+
+Micro-batches (:func:`pack_examples`, :func:`pad_examples`) hold ``input_ids`` ``[r, s]``,
+``shift_labels`` ``[r, s]`` (each sequence shifted on its own, so a packed row never scores the
+first token of the next sequence), and ``media``: modality -> the transform's tensors stacked over
+that modality's items in row-major placeholder order (the order ``FusedCausalLM`` reads). Packed
+micro-batches add ``position_ids`` and the flash-attention keywords ``cu_seq_lens_q``/``_k``,
+``max_length_q``/``_k`` over the flattened ``r * s`` tokens; padded ones add ``attention_mask``.
+
+Shape letters: r rows, s tokens per row, n sequences.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+from mmfuse.core.data import EpochLoader, MediaTransform, ShardedStream, count_samples, expand_urls
+from mmfuse.core.functional import IGNORE_INDEX, shift_labels
+from mmfuse.core.packing import (
+    cu_seqlens_from_lengths,
+    pack_best_fit_decreasing,
+    position_ids_from_cu_seqlens,
+)
+from mmfuse.core.text import load_tokenizer, tokenize_chat
+from torch import Tensor
+
+
+@dataclass
+class ChatExample:
+    """One decoded conversation.
+
+    Attributes:
+        input_ids: ``[s]`` int64.
+        shift_labels: ``[s]`` int64 target of each position (``IGNORE_INDEX`` where none).
+        media: ``(modality, tensors)`` per media part, in placeholder order.
+        messages: the TRL messages (for prompting in evaluation).
+        kinds: question kind of each assistant turn.
+        key: the sample key.
+    """
+
+    input_ids: Tensor
+    shift_labels: Tensor
+    media: list[tuple[str, dict[str, Tensor]]]
+    messages: list[dict[str, Any]]
+    kinds: list[str] = field(default_factory=list)
+    key: str = ""
+
+
+class ChatDecoder:
+    """Raw webdataset sample -> ``{"chat": ChatExample}``.
+
+    Args:
+        tokenizer: a fast tokenizer with a chat template (:func:`mmfuse.core.text.load_tokenizer`).
+        transforms: modality -> media transform.
+        max_length: tokens kept per conversation.
+
+    Raises (per sample; the pipeline skips and counts it):
+        MediaTruncatedError: the conversation is too long to keep its media.
+        KeyError: a media part without its member, or a modality without a transform.
+    """
+
+    def __init__(self, tokenizer: Any, transforms: Mapping[str, MediaTransform], max_length: int) -> None:
+        self.tokenizer, self.transforms, self.max_length = tokenizer, dict(transforms), max_length
+
+    def __call__(self, sample: dict[str, Any], *, train: bool) -> dict[str, ChatExample]:
+        record = json.loads(sample["json"])
+        chat = tokenize_chat(self.tokenizer, record["messages"], max_length=self.max_length)
+        media, seen = [], defaultdict(int)
+        for modality in chat.media:
+            prefix = f"{modality}_{seen[modality]}."
+            seen[modality] += 1
+            member = next((k for k in sample if k.startswith(prefix)), None)
+            if member is None:
+                raise KeyError(f"no member {prefix}* for a {modality} part; members {sorted(sample)}")
+            media.append((modality, self.transforms[modality](sample[member], train=train)))
+        example = ChatExample(
+            chat.input_ids, shift_labels(chat.labels), media, record["messages"],
+            record.get("kinds", []), sample["__key__"],
+        )  # fmt: skip
+        return {"chat": example}
+
+
+def collate_media(media: Sequence[list[tuple[str, dict[str, Tensor]]]]) -> dict[str, dict[str, Tensor]]:
+    """Stack each modality's items, conversation after conversation (``[n_m, ...]`` per tensor name)."""
+    items: dict[str, list[dict[str, Tensor]]] = defaultdict(list)
+    for parts in media:
+        for modality, tensors in parts:
+            items[modality].append(tensors)
+    return {m: {k: torch.stack([t[k] for t in ts]) for k in ts[0]} for m, ts in items.items()}
+
+
+def pad_examples(examples: Sequence[ChatExample], pad_token_id: int) -> dict[str, Any]:
+    """One right-padded row per conversation: ``[n, max_len]`` with ``attention_mask``."""
+    length = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.int64)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = (
+            example.input_ids,
+            example.shift_labels,
+            1,
+        )
+    return {"input_ids": input_ids, "shift_labels": labels, "attention_mask": attention_mask,
+            "media": collate_media([e.media for e in examples])}  # fmt: skip
+
+
+def pack_examples(examples: Sequence[ChatExample], max_length: int, pad_token_id: int) -> dict[str, Any]:
+    """Best-fit-decreasing packing into rows of ``max_length`` tokens (``[r, max_length]``).
+
+    Each row holds whole conversations back to back; its unused tail is one more segment of pad
+    tokens (positions from 0, no targets) that attends only to itself. ``position_ids`` restart at 0
+    at every segment, and ``cu_seq_lens_q``/``_k`` (int32 ``[n + 1]``) delimit the segments over the
+    flattened ``r * max_length`` tokens, so attention never crosses a conversation boundary.
+    """
+    rows = pack_best_fit_decreasing([len(e.input_ids) for e in examples], max_length)
+    ordered = [examples[i] for row in rows for i in row]  # row-major: the order placeholders are read
+    ids, labels, lengths = [], [], []
+    for row in rows:
+        row_lengths = [len(examples[i].input_ids) for i in row]
+        tail = max_length - sum(row_lengths)
+        ids += [examples[i].input_ids for i in row] + [torch.full((tail,), pad_token_id, dtype=torch.int64)]
+        labels += [examples[i].shift_labels for i in row] + [
+            torch.full((tail,), IGNORE_INDEX, dtype=torch.int64)
+        ]
+        lengths += row_lengths + ([tail] if tail else [])
+    cu_seqlens = cu_seqlens_from_lengths(torch.tensor(lengths))
+    total, shape = len(rows) * max_length, (len(rows), max_length)
+    max_len = max(lengths)
+    return {
+        "input_ids": torch.cat(ids).view(shape),
+        "shift_labels": torch.cat(labels).view(shape),
+        "position_ids": position_ids_from_cu_seqlens(cu_seqlens, total).view(shape),
+        "cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens,
+        "max_length_q": max_len, "max_length_k": max_len,
+        "media": collate_media([e.media for e in ordered]),
+    }  # fmt: skip
+
+
+class ChatDataModule(L.LightningDataModule):
+    """Chat shards -> batches of ``{"micro_batches": [...], "examples": [...], "num_skipped": int}``.
+
+    One training batch is one optimizer step: ``batch_size * accumulate`` conversations, split into
+    ``accumulate`` micro-batches of ``batch_size`` conversations, each packed (or padded) as in the
+    module docstring. An epoch is ``num_samples // (world_size * batch_size * accumulate)`` steps.
+    Validation batches hold ``val_batch_size`` conversations in one micro-batch, and the examples
+    themselves (for generation).
+
+    Args:
+        train_shards: brace-notation shard URLs, ``::``-joined.
+        val_shards: the same for validation; None disables validation.
+        tokenizer: tokenizer directory or name (:func:`mmfuse.core.text.load_tokenizer`).
+        image: image transform, when the data has images.
+        audio: audio transform.
+        video: video transform.
+        max_length: tokens per conversation and per packed row.
+        batch_size: conversations per micro-batch.
+        accumulate: micro-batches per optimizer step.
+        packing: best-fit-decreasing packed rows; False pads one row per conversation.
+        val_batch_size: conversations per validation batch.
+        num_workers: dataloader workers (shards >= ranks x workers).
+        shuffle_buffer: samples in the training shuffle buffer.
+        num_samples: training conversations per epoch over all ranks; counted from the shards if None.
+        seed: shard order, shuffle buffer and worker RNG seed.
+    """
+
+    def __init__(
+        self,
+        train_shards: str,
+        val_shards: str | None = None,
+        tokenizer: str = "data/tokenizer",
+        image: MediaTransform | None = None,
+        audio: MediaTransform | None = None,
+        video: MediaTransform | None = None,
+        max_length: int = 256,
+        batch_size: int = 32,
+        accumulate: int = 1,
+        packing: bool = True,
+        val_batch_size: int = 64,
+        num_workers: int = 2,
+        shuffle_buffer: int = 1000,
+        num_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.train_shards, self.val_shards = train_shards, val_shards
+        self.tokenizer = load_tokenizer(tokenizer)
+        transforms = {
+            m: t for m, t in (("image", image), ("audio", audio), ("video", video)) if t is not None
+        }
+        self.decode = ChatDecoder(self.tokenizer, transforms, max_length)
+        self.max_length, self.packing = max_length, packing
+        self.batch_size, self.accumulate, self.val_batch_size = batch_size, accumulate, val_batch_size
+        self.num_workers, self.shuffle_buffer = num_workers, shuffle_buffer
+        self.num_samples, self.seed = num_samples, seed
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    def train_dataloader(self) -> EpochLoader:
+        urls = expand_urls(self.train_shards)
+        step_size = self.batch_size * self.accumulate
+        num_batches = (self.num_samples or count_samples(urls)) // (self._world_size() * step_size)
+        if num_batches == 0:
+            raise ValueError(f"fewer samples than world_size x batch_size x accumulate = {step_size}")
+        stream = ShardedStream(
+            urls, self.decode, batch_size=step_size, train=True, seed=self.seed,
+            shuffle_buffer=self.shuffle_buffer, repeat=True,
+        )  # fmt: skip
+        return EpochLoader(stream, num_batches=num_batches, num_workers=self.num_workers, seed=self.seed)
+
+    def val_dataloader(self) -> EpochLoader | list:
+        if self.val_shards is None:
+            return []
+        urls = expand_urls(self.val_shards)
+        split = len(urls) < self._world_size() * max(self.num_workers, 1)
+        stream = ShardedStream(
+            urls,
+            self.decode,
+            batch_size=self.val_batch_size,
+            train=False,
+            shuffle_buffer=0,
+            split_samples=split,
+        )
+        return EpochLoader(stream, num_batches=None, num_workers=self.num_workers)
+
+    def micro_batch(self, examples: Sequence[ChatExample]) -> dict[str, Any]:
+        """Pack (or pad) conversations into one micro-batch."""
+        pad_id = self.tokenizer.pad_token_id
+        return (
+            pack_examples(examples, self.max_length, pad_id)
+            if self.packing
+            else pad_examples(examples, pad_id)
+        )
+
+    def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        examples: list[ChatExample] = batch["chat"]
+        size = self.batch_size if self.trainer is None or self.trainer.training else len(examples)
+        micro_batches = [self.micro_batch(examples[i : i + size]) for i in range(0, len(examples), size)]
+        return {"micro_batches": micro_batches, "examples": examples, "num_skipped": batch["num_skipped"]}
+
+
+__all__ = ["ChatDataModule", "ChatDecoder", "ChatExample", "collate_media", "pack_examples", "pad_examples"]
