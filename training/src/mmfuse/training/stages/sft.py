@@ -19,6 +19,7 @@ at 1 and set ``data.accumulate``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning as L
@@ -186,17 +187,35 @@ class InstructionTuning(L.LightningModule):
         labels = micro_batch["shift_labels"]
         return -token_logps(out.logits, labels).sum(), (labels != IGNORE_INDEX).sum()
 
+    def accumulate(
+        self, micro_batches: list[dict[str, Any]], total_tokens: Tensor, world_size: int, backward: Callable
+    ) -> Tensor:
+        """Backpropagate ``sum(nll) * world_size / total_tokens`` one micro-batch at a time.
+
+        Args:
+            micro_batches: one optimizer step's micro-batches on this rank.
+            total_tokens: target tokens of the step over every micro-batch of every rank.
+            world_size: ranks whose gradients the strategy averages.
+            backward: ``loss -> None`` (``manual_backward`` in training).
+
+        Returns:
+            The step's loss, ``sum(nll) / total_tokens`` over this rank's micro-batches (detached); 0
+            when the step has no target token.
+        """
+        scale = world_size / total_tokens.clamp_min(1.0)
+        loss = torch.zeros((), device=self.device)
+        for micro_batch in micro_batches:
+            nll, _ = self.nll(micro_batch)
+            backward(nll * scale)
+            loss += nll.detach() * scale / world_size
+        return loss
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         local = sum(int((mb["shift_labels"] != IGNORE_INDEX).sum()) for mb in batch["micro_batches"])
         total = self.trainer.strategy.reduce(torch.tensor(float(local), device=self.device), reduce_op="sum")
-        # DDP averages gradients over ranks: world_size / total makes the result sum(nll) / total.
-        scale = self.trainer.world_size / total.clamp_min(1.0)
-        loss = torch.zeros((), device=self.device)
-        for micro_batch in batch["micro_batches"]:
-            nll, _ = self.nll(micro_batch)
-            self.manual_backward(nll * scale)
-            loss += nll.detach() * scale / self.trainer.world_size
+        # DDP averages gradients over ranks, so each rank scales by world_size / global target count.
+        loss = self.accumulate(batch["micro_batches"], total, self.trainer.world_size, self.manual_backward)
         if self.hparams.max_grad_norm is not None:
             self.clip_gradients(
                 optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm"
