@@ -142,16 +142,22 @@ class RunManifest(SaveConfigCallback):
     """
 
     _manifest: dict[str, Any] | None = None
+    _log_dir: Path
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # `trainer.log_dir` is a broadcast: every rank asks here, never rank 0 alone later.
+        self._log_dir = Path(trainer.log_dir)
+        super().setup(trainer, pl_module, stage)
 
     @override
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         git, diff = git_state(Path(mmfuse.training.__file__).parent)
         self._manifest = build_manifest(trainer, config, git)
-        log_dir = Path(trainer.log_dir)
         if diff:
-            (log_dir / DIFF_FILE).write_text(diff)
-        self._write(log_dir)
+            (self._log_dir / DIFF_FILE).write_text(diff)
+        self._write()
 
     @override
     @rank_zero_only
@@ -160,11 +166,11 @@ class RunManifest(SaveConfigCallback):
             return
         self._manifest["resumed_from"] = str(trainer.ckpt_path) if trainer.ckpt_path else None
         self._manifest["start"] = {"global_step": trainer.global_step, "epoch": trainer.current_epoch}
-        self._write(Path(trainer.log_dir))
+        self._write()
 
-    def _write(self, log_dir: Path) -> None:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        (log_dir / MANIFEST_FILE).write_text(json.dumps(self._manifest, indent=2, default=str) + "\n")
+    def _write(self) -> None:
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        (self._log_dir / MANIFEST_FILE).write_text(json.dumps(self._manifest, indent=2, default=str) + "\n")
 
 
 __all__ = ["RunManifest", "build_manifest", "git_state", "package_versions", "shard_lists"]

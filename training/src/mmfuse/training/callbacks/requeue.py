@@ -13,7 +13,6 @@ gradient all-reduce. :class:`RequeueOnSignal` keeps Lightning's protocol (same s
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -24,9 +23,8 @@ from typing import Any
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
-
-log = logging.getLogger(__name__)
 
 
 def slurm_job_id() -> str:
@@ -86,13 +84,15 @@ class RequeueOnSignal(Callback):
     ) -> None:
         if not self._active or not trainer.strategy.reduce_boolean_decision(self._signalled, all=False):
             return
-        path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)  # hpc_ckpt_<n+1>
+        # hpc_ckpt_<n+1>, named on rank 0: another rank could list the directory after rank 0 wrote
+        path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+        path = trainer.strategy.broadcast(path)
         trainer.save_checkpoint(path)
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
                 last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
                 trainer.save_checkpoint(last)
-        log.info("%s at global step %d: saved %s; requeueing", self.signum.name, trainer.global_step, path)
+        rank_zero_info(f"{self.signum.name}: saved {path} at global step {trainer.global_step}; stopping")
         self._requeue = True
         trainer.should_stop = True
 
@@ -102,11 +102,9 @@ class RequeueOnSignal(Callback):
             job = slurm_job_id()
             result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
             if result.returncode != 0:
-                log.warning(
-                    "scontrol requeue %s failed (%d): %s", job, result.returncode, result.stderr.strip()
-                )
+                rank_zero_warn(f"scontrol requeue {job} failed ({result.returncode}): {result.stderr}")
             else:
-                log.info("requeued SLURM job %s", job)
+                rank_zero_info(f"requeued SLURM job {job}")
         self._requeue = False
 
 
