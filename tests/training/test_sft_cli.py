@@ -21,7 +21,8 @@ def test_fit_on_the_embedded_instruction_set_logs_exact_match_and_perplexity(tmp
     config = yaml.safe_load((REPO / "training/configs/sft/embedded.yaml").read_text())
     trainer = config["trainer"]
     trainer.update(default_root_dir=str(tmp_path), max_steps=2, max_epochs=1, limit_val_batches=1,
-                   check_val_every_n_epoch=1, val_check_interval=2, max_time=None)  # fmt: skip
+                   check_val_every_n_epoch=1, val_check_interval=2, max_time=None,
+                   log_every_n_steps=1)  # fmt: skip
     trainer["callbacks"][0]["init_args"] = {"max_new_tokens": 4, "max_questions": 8}
     model = config["model"]["init_args"]
     model["lm"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
