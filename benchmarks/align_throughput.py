@@ -68,7 +68,7 @@ def main() -> None:
 
     def step_ours(batch: dict) -> None:
         with autocast():
-            loss = ours._loss(ours.embed_media(batch), ours.embed_text(batch), batch["text"])
+            loss = ours._loss(ours.embed_media(batch), ours.embed_text(batch), batch)
         loss.backward()
         opt_ours.step()
         opt_ours.zero_grad(set_to_none=True)

@@ -25,9 +25,17 @@ from mmfuse.training.optim import adamw_param_groups, warmup_cosine
 Batch = dict[str, Any]
 
 
-def caption_group_ids(texts: list[str], device: torch.device | None = None) -> Tensor:
-    """``[b] int64`` ids equal exactly when the captions are equal (CRC-32 of the UTF-8 text)."""
-    return torch.tensor([zlib.crc32(t.encode("utf-8")) for t in texts], dtype=torch.int64, device=device)
+def positive_group_ids(batch: Batch, key: str) -> Tensor:
+    """``[b] int64`` ids, equal exactly when two samples are positives of each other.
+
+    ``key="text"``: samples with identical captions. Any other key names a ``meta`` field (e.g.
+    ``"label"``): samples with the same value; a sample without that field falls back to its
+    caption. Ids are CRC-32 of ``"<field>:<value>"`` (UTF-8).
+    """
+    values = []
+    for text, meta in zip(batch["text"], batch.get("meta") or [{}] * len(batch["text"]), strict=True):
+        values.append(f"{key}:{meta[key]}" if key != "text" and key in meta else f"text:{text}")
+    return torch.tensor([zlib.crc32(v.encode("utf-8")) for v in values], dtype=torch.int64)
 
 
 class ContrastiveAlignment(L.LightningModule):
@@ -41,8 +49,10 @@ class ContrastiveAlignment(L.LightningModule):
         media_encoder: the media tower (``[b, ...] -> [b, e]``).
         text_encoder: the text tower (``input_ids [b, s] -> [b, e]``).
         loss: ``"clip"`` (symmetric InfoNCE) or ``"siglip"`` (pairwise sigmoid).
-        multi_positive: samples with identical captions are positives of each other (see
-            :mod:`mmfuse.core.losses.contrastive`); off = the papers' one-positive targets.
+        positives: what makes two samples of a batch positives of each other (see
+            :mod:`mmfuse.core.losses.contrastive`): ``"text"`` identical captions; a ``meta``
+            field name such as ``"label"`` the same class (UniCL's image-label contrast, Yang et
+            al. 2022); None the papers' one positive per sample.
         init_logit_scale: initial multiplier; default 1/0.07 (clip) or 10 (siglip).
         init_logit_bias: initial SigLIP bias; default -10.
         max_logit_scale: clamp of the multiplier after every step (open_clip: 100).
@@ -59,7 +69,7 @@ class ContrastiveAlignment(L.LightningModule):
         media_encoder: MediaEncoder,
         text_encoder: MediaEncoder,
         loss: Literal["clip", "siglip"] = "clip",
-        multi_positive: bool = True,
+        positives: str | None = "text",
         init_logit_scale: float | None = None,
         init_logit_bias: float | None = None,
         max_logit_scale: float = 100.0,
@@ -90,15 +100,16 @@ class ContrastiveAlignment(L.LightningModule):
         """L2-normalised text embeddings ``[b, e]`` of ``batch["input_ids"]``."""
         return F.normalize(self.text_encoder(**self.text_encoder.select_inputs(batch)), dim=-1)
 
-    def _loss(self, media_embeds: Tensor, text_embeds: Tensor, texts: list[str]) -> Tensor:
-        group_ids = caption_group_ids(texts, media_embeds.device) if self.hparams.multi_positive else None
+    def _loss(self, media_embeds: Tensor, text_embeds: Tensor, batch: Batch) -> Tensor:
+        key = self.hparams.positives
+        group_ids = None if key is None else positive_group_ids(batch, key).to(media_embeds.device)
         scale = self.logit_scale.exp()
         if self.hparams.loss == "clip":
             return clip_loss(media_embeds, text_embeds, scale, group_ids=group_ids)
         return siglip_loss(media_embeds, text_embeds, scale, self.logit_bias, group_ids=group_ids)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss = self._loss(self.embed_media(batch), self.embed_text(batch), batch["text"])
+        loss = self._loss(self.embed_media(batch), self.embed_text(batch), batch)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/logit_scale", self.logit_scale.exp())
         self.log("data/skipped", float(batch.get("num_skipped", 0)), on_step=False, on_epoch=True,
