@@ -110,7 +110,7 @@ def test_sigusr1_requeue_resumes_at_the_exact_step(
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", f"{info}\n{log[-5000:]}"
 
     saved = re.search(r"SIGUSR1: saved (\S+hpc_ckpt_1\.ckpt) at global step (\d+); stopping", log)
-    assert saved and f"requeued SLURM job {job}" in log, log[-5000:]
+    assert saved and f"requeueing SLURM job {job}" in log, log[-5000:]
     step = int(saved.group(2))
     assert torch.load(saved.group(1), weights_only=False)["global_step"] == step
     first_run, second_run = log.split("restart=1", 1)

@@ -10,7 +10,7 @@ import pytest
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
 from matplotlib.image import imread
-from mmfuse.training.report import find_metrics_files, main, read_curves, write_report
+from mmfuse.training.report import find_metrics_files, main, read_curves, restart_steps, write_report
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
@@ -22,12 +22,14 @@ def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
 def resumed_run(tmp_path: Path) -> Path:
     """A run killed after step 7 (last checkpoint at step 5) and resumed: steps 6-7 are logged twice."""
     logs = tmp_path / "lightning_logs"
-    header = ["epoch", "step", "train/loss", "train/time", "val/top1"]
-    _write_csv(logs / "version_0/metrics.csv", header, [[0, s, 10 - s, s * 0.1, ""] for s in range(8)])
+    header = ["epoch", "step", "train/loss", "train/time", "val/top1", "validate/time"]
+    _write_csv(logs / "version_0/metrics.csv", header, [[0, s, 10 - s, s * 0.1, "", ""] for s in range(8)])
+    # ThroughputMonitor logs validation throughput against the validation batch index (here 1).
     _write_csv(
         logs / "version_1/metrics.csv",
         header,
-        [[0, s, 9.5 - s, s * 0.1, ""] for s in range(6, 12)] + [[0, 11, "", "", 0.75]],
+        [[0, s, 9.5 - s, s * 0.1, "", ""] for s in range(6, 12)]
+        + [[0, 11, "", "", 0.75, ""], [0, 1, "", "", "", 3]],
     )
     manifest = {"git": {"commit": "abc123", "dirty": True}, "seed": 7, "world_size": 4, "host": "n1"}
     (logs / "version_1/manifest.json").write_text(json.dumps({**manifest, "slurm": {"job_id": "42"}}))
@@ -41,6 +43,7 @@ def test_curves_merge_restarts_and_later_values_win(resumed_run: Path) -> None:
     assert list(curves) == ["train/loss", "val/top1"]  # epoch/step/time are not curves
     assert curves["train/loss"] == {s: 10.0 - s for s in range(6)} | {s: 9.5 - s for s in range(6, 12)}
     assert curves["val/top1"] == {11: 0.75}
+    assert restart_steps(files) == [6]
 
 
 def test_version_order_is_numeric(tmp_path: Path) -> None:
@@ -56,6 +59,7 @@ def test_report_writes_pngs_and_summary(resumed_run: Path) -> None:
     text = report.read_text()
     assert "- git commit `abc123` (dirty, see git.diff)" in text
     assert "- seed 7, world size 4, host `n1`" in text and "- SLURM job 42" in text
+    assert "restarts at global steps [6] (dashed lines)" in text
     assert "| train/loss | 12 | 11 | -1.5 | -1.5 | 10 |" in text
     assert "| val/top1 | 1 | 11 | 0.75 | 0.75 | 0.75 |" in text
     for stem in ("loss", "metrics"):

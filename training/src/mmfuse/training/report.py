@@ -20,8 +20,10 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-# Columns that are not curves: the x axis, and ThroughputMonitor's cumulative counters.
-_NOT_CURVES = re.compile(r"^(epoch|step)$|/(time|batches|samples|lengths)$")
+# Columns that are not curves against the global step: the axes themselves, ThroughputMonitor's
+# cumulative counters, and its validate/test/predict rates (logged against the batch index of that
+# loop, not the global step).
+_NOT_CURVES = re.compile(r"^(epoch|step)$|/(time|batches|samples|lengths)$|^(validate|test|predict)/")
 
 Curves = dict[str, dict[int, float]]  # metric name -> {global step: value}
 
@@ -56,8 +58,27 @@ def read_curves(files: Sequence[Path]) -> Curves:
     return {name: dict(sorted(points.items())) for name, points in sorted(curves.items())}
 
 
-def plot_curves(curves: Curves, path: Path, title: str, ncols: int = 3, overlay: bool = False) -> None:
-    """Write a PNG of ``curves`` against the global step: one axes for all (``overlay``) or a grid."""
+def restart_steps(files: Sequence[Path]) -> list[int]:
+    """The first global step with a curve point in each restart (every file after the first)."""
+    starts = []
+    for path in files[1:]:
+        if curves := read_curves([path]):
+            starts.append(min(min(points) for points in curves.values()))
+    return starts
+
+
+def plot_curves(
+    curves: Curves,
+    path: Path,
+    title: str,
+    ncols: int = 3,
+    overlay: bool = False,
+    restarts: Sequence[int] = (),
+) -> None:
+    """Write a PNG of ``curves`` against the global step: one axes for all (``overlay``) or a grid.
+
+    ``restarts`` (global steps) are drawn as dashed vertical lines.
+    """
     names = list(curves)
     n_axes = 1 if overlay else len(names)
     ncols = min(ncols, n_axes)
@@ -71,6 +92,9 @@ def plot_curves(curves: Curves, path: Path, title: str, ncols: int = 3, overlay:
         ax.set_xlabel("step")
         ax.set_title("" if overlay else name, fontsize=9)
         ax.grid(alpha=0.3)
+    for ax in axes[:n_axes]:
+        for j, step in enumerate(restarts):
+            ax.axvline(step, color="gray", linestyle="--", linewidth=0.8, label="restart" if j == 0 else None)
     if overlay:
         axes[0].legend(fontsize=8)
     for ax in axes[n_axes:]:
@@ -98,8 +122,8 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     """Plot the curves of ``run_dir`` and write ``report.md`` next to the PNGs.
 
     Writes ``loss.png`` (every metric whose name contains "loss", on one axes), ``metrics.png``
-    (every other metric, one panel each) and ``report.md`` into ``out_dir`` (default
-    ``run_dir/report``).
+    (every other metric, one panel each), both with the restarts marked, and ``report.md`` into
+    ``out_dir`` (default ``run_dir/report``).
 
     Returns:
         The path of ``report.md``.
@@ -114,7 +138,9 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     losses = {k: v for k, v in curves.items() if "loss" in k}
     others = {k: v for k, v in curves.items() if k not in losses}
     lines = [f"# Run report: `{run_dir}`", "", *_manifest_lines(files)]
-    lines += [f"{len(files)} metrics file(s): " + ", ".join(f"`{f.relative_to(run_dir)}`" for f in files), ""]
+    restarts = restart_steps(files)
+    lines += [f"{len(files)} metrics file(s): " + ", ".join(f"`{f.relative_to(run_dir)}`" for f in files)]
+    lines += [f"restarts at global steps {restarts} (dashed lines)" if restarts else "no restart", ""]
     lines += ["| metric | points | last step | last | min | max |", "|---|---|---|---|---|---|"]
     for name, points in curves.items():
         last, values = max(points), points.values()
@@ -122,7 +148,9 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     for stem, group, overlay in (("loss", losses, True), ("metrics", others, False)):
         if group:
-            plot_curves(group, out_dir / f"{stem}.png", f"{run_dir.name}: {stem}", overlay=overlay)
+            plot_curves(
+                group, out_dir / f"{stem}.png", f"{run_dir.name}: {stem}", overlay=overlay, restarts=restarts
+            )
             lines += ["", f"![{stem}]({stem}.png)"]
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")
@@ -142,4 +170,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"wrote {report} and its plots in {report.parent}")
 
 
-__all__ = ["find_metrics_files", "main", "plot_curves", "read_curves", "write_report"]
+__all__ = ["find_metrics_files", "main", "plot_curves", "read_curves", "restart_steps", "write_report"]

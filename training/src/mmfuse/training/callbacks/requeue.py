@@ -100,11 +100,10 @@ class RequeueOnSignal(Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._requeue and trainer.is_global_zero:
             job = slurm_job_id()
+            rank_zero_info(f"requeueing SLURM job {job}")  # before: the requeue terminates this task
             result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
             if result.returncode != 0:
                 rank_zero_warn(f"scontrol requeue {job} failed ({result.returncode}): {result.stderr}")
-            else:
-                rank_zero_info(f"requeued SLURM job {job}")
         self._requeue = False
 
 
