@@ -1,7 +1,8 @@
 import pytest
 import torch
 from mmfuse.core.encoders import MediaEncoder
-from mmfuse.video import TemporalTransformer, TubePatchDropout, VideoEncoder, load_media_encoder_state
+from mmfuse.core.checkpoint import load_media_encoder_state
+from mmfuse.video import TemporalTransformer, TubePatchDropout, VideoEncoder
 from mmfuse.video.temporal import TemporalSelfAttention
 from mmfuse.vision import OpenClipVisionEncoder
 from torch import nn

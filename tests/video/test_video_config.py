@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 from mmfuse.training.cli import cli_main
-from mmfuse.video import VideoEncoder, load_media_encoder_state
+from mmfuse.core.checkpoint import load_media_encoder_state
+from mmfuse.video import VideoEncoder
 
 REPO = Path(__file__).parents[2]
 CONFIG = REPO / "training/configs/align/video_text.yaml"

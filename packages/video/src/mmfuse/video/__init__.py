@@ -1,6 +1,5 @@
 """mmfuse.video: clip decoding and frame sampling (-> ``pixel_values_videos``), the video tower."""
 
-from mmfuse.video.checkpoint import load_media_encoder_state
 from mmfuse.video.decoding import VideoDecodeError, open_video
 from mmfuse.video.encoder import VideoEncoder
 from mmfuse.video.masking import TubePatchDropout
@@ -17,6 +16,5 @@ __all__ = [
     "VideoDecodeError",
     "VideoEncoder",
     "VideoTransform",
-    "load_media_encoder_state",
     "open_video",
 ]

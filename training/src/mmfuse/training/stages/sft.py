@@ -31,7 +31,7 @@ from mmfuse.core.fusion import FusedCausalLM, MediaProjector, PerceiverResampler
 from mmfuse.core.text import load_tokenizer, media_token
 from mmfuse.training import hf_attention
 from mmfuse.training.optim import adamw_param_groups, warmup_cosine
-from mmfuse.video import load_media_encoder_state
+from mmfuse.core.checkpoint import load_media_encoder_state
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -1,4 +1,4 @@
-"""Tower weights from an alignment checkpoint, e.g. an image tower to encode frames with."""
+"""Tower weights inside a Lightning checkpoint (e.g. an aligned image tower reused for video frames or SFT)."""
 
 from __future__ import annotations
 
