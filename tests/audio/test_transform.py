@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import open_clip
@@ -40,6 +41,19 @@ def test_eval_is_deterministic_and_train_crops_and_masks_randomly():
     assert c["input_features"].shape == a["input_features"].shape
     assert not torch.equal(c["input_features"], d["input_features"])
     assert bool((c["input_features"] == 0).all(dim=1).any())  # a zeroed time span
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_speed_perturbation_resamples_as_if_recorded_at_factor_times_the_rate(factor):
+    from torchaudio.functional import resample
+
+    samples = sine(400.0, 1.0, 16000)
+    transform = AudioTransform(clip_seconds=2.0, speed_factors=(factor,))
+    out = transform(encode(samples, 16000, "WAV", "FLOAT"), train=True)
+    faster = resample(torch.from_numpy(samples), round(16000 * factor), 16000)  # 1 / factor seconds
+    expected = LogMelSpectrogram()(torch.nn.functional.pad(faster, (0, 32000 - faster.shape[0])))
+    torch.testing.assert_close(out["input_features"], expected, rtol=0, atol=1e-3)
+    assert int(out["feature_attention_mask"].sum()) == math.ceil(faster.shape[0] / 160)
 
 
 def test_corrupt_bytes_raise():

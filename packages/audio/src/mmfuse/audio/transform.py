@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from mmfuse.audio.decode import decode_audio
 from mmfuse.audio.features import LogMelSpectrogram, SpecAugment
 from mmfuse.audio.waveform import Resampler, fit_length, to_mono
@@ -24,6 +25,11 @@ class AudioTransform:
         n_fft: STFT size in samples.
         hop_length: frame step in samples.
         n_mels: mel bins.
+        speed_factors: speed perturbation in training (Ko et al., 2015, "Audio Augmentation for
+            Speech Recognition", section 2: 0.9, 1.0 and 1.1): each clip is played at a factor
+            drawn uniformly from these, i.e. resampled as if recorded at ``factor`` times its
+            rate, which scales its duration by ``1 / factor`` and its pitch and formants by
+            ``factor``. Empty: no perturbation.
         spec_augment: masking applied in training only; None disables it.
     """
 
@@ -37,11 +43,13 @@ class AudioTransform:
         n_fft: int = 400,
         hop_length: int = 160,
         n_mels: int = 80,
+        speed_factors: tuple[float, ...] = (),
         spec_augment: SpecAugment | None = None,
     ):
         self.num_samples = math.ceil(clip_seconds * sample_rate)
         self.resample = Resampler(sample_rate)
         self.log_mel = LogMelSpectrogram(sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels)
+        self.speed_factors = speed_factors
         self.spec_augment = spec_augment
 
     def __call__(self, data: bytes, *, train: bool) -> dict[str, Tensor]:
@@ -49,7 +57,8 @@ class AudioTransform:
 
         Args:
             data: encoded audio bytes (see :func:`mmfuse.audio.decode.decode_audio`).
-            train: random crop and SpecAugment when True; centre crop, no masking when False.
+            train: speed perturbation, random crop and SpecAugment when True; centre crop and
+                no augmentation when False.
 
         Returns:
             ``input_features``: ``[n_mels, f]`` float32 with ``f = num_samples // hop_length``;
@@ -59,7 +68,10 @@ class AudioTransform:
             AudioDecodeError: on empty, corrupt or unsupported audio.
         """
         waveform, sample_rate = decode_audio(data)  # [c, n]
-        waveform = self.resample(to_mono(waveform), sample_rate)  # [c, n] -> [n'] at sample_rate
+        if train and self.speed_factors:
+            factor = self.speed_factors[int(torch.randint(len(self.speed_factors), ()))]
+            sample_rate = round(sample_rate * factor)  # one kernel per (source rate, factor), cached
+        waveform = self.resample(to_mono(waveform), sample_rate)  # [c, n] -> [n'] at the model rate
         clip, num_valid = fit_length(waveform, self.num_samples, random_crop=train)
         features = self.log_mel(clip)  # [num_samples] -> [n_mels, f]
         if train and self.spec_augment is not None:
