@@ -75,6 +75,7 @@ def test_missing_shard_names_the_path(shards: Path, tmp_path: Path) -> None:
 def test_defaults_the_cli_adds(shards: Path, tmp_path: Path) -> None:
     from mmfuse.training.callbacks.guards import NonFiniteLossGuard
     from mmfuse.training.callbacks.requeue import RequeueOnSignal
+    from mmfuse.training.callbacks.rng import RngStateCheckpoint
     from mmfuse.training.callbacks.throughput import MeasuredThroughputMonitor
     from mmfuse.training.checkpoint import AtomicCheckpointIO
 
@@ -86,6 +87,6 @@ def test_defaults_the_cli_adds(shards: Path, tmp_path: Path) -> None:
     assert trainer.checkpoint_callback.dirpath == str(root / "checkpoints")
     kinds = {type(cb): cb for cb in trainer.callbacks}
     assert kinds[NonFiniteLossGuard].mode == "skip"
-    assert RequeueOnSignal in kinds and MeasuredThroughputMonitor in kinds
+    assert {RequeueOnSignal, RngStateCheckpoint, MeasuredThroughputMonitor} <= set(kinds)
     assert [type(lg).__name__ for lg in trainer.loggers] == ["CSVLogger", "TensorBoardLogger"]
     assert trainer.loggers[1].root_dir == str(root / "tensorboard")

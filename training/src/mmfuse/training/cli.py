@@ -10,6 +10,7 @@ Every stage is a LightningModule and every dataset a LightningDataModule chosen 
   ``trainer.plugins`` is set;
 * ``nonfinite``: :class:`~mmfuse.training.callbacks.guards.NonFiniteLossGuard` (stop; or skip);
 * ``requeue``: :class:`~mmfuse.training.callbacks.requeue.RequeueOnSignal` (SLURM jobs only);
+* ``rng_state``: :class:`~mmfuse.training.callbacks.rng.RngStateCheckpoint` (RNGs in checkpoints);
 * ``throughput``: :class:`~mmfuse.training.callbacks.throughput.MeasuredThroughputMonitor` (MFU);
 * loggers: CSV always (``lightning_logs/version_N``), TensorBoard when installed
   (``tensorboard/version_N``), both under ``trainer.default_root_dir`` (default ``runs``);
@@ -31,6 +32,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from mmfuse.training.callbacks.guards import NonFiniteLossGuard
 from mmfuse.training.callbacks.manifest import RunManifest
 from mmfuse.training.callbacks.requeue import RequeueOnSignal
+from mmfuse.training.callbacks.rng import RngStateCheckpoint
 from mmfuse.training.callbacks.throughput import MeasuredThroughputMonitor
 
 
@@ -42,6 +44,7 @@ class MmfuseCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.mode": "max"})
         parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite")
         parser.add_lightning_class_args(RequeueOnSignal, "requeue")
+        parser.add_lightning_class_args(RngStateCheckpoint, "rng_state")
         parser.add_lightning_class_args(MeasuredThroughputMonitor, "throughput")
 
     def before_instantiate_classes(self) -> None:
