@@ -67,7 +67,7 @@ class NonFiniteLossGuard(Callback):
             raise NonFiniteLossError(
                 f"Non-finite training loss {where}. Stopped before the backward pass, so the weights "
                 f"are still those of the last finite step; last checkpoint: {_last_checkpoint(trainer)}. "
-                "Set NonFiniteLossGuard(mode='skip') to skip such steps instead."
+                "To skip such steps: NonFiniteLossGuard(mode='skip'), in mmfuse `--nonfinite.mode=skip`."
             )
         self._skip_pending = True
         self._where = where

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
@@ -21,15 +21,14 @@ def leading_batch_size(batch: Any) -> int:
     """
     if isinstance(batch, Tensor):
         return batch.shape[0]
-    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, Sequence) else ()
-    for value in values:
-        if isinstance(value, (Tensor, Mapping)) or (
-            isinstance(value, Sequence) and not isinstance(value, str)
-        ):
-            try:
-                return leading_batch_size(value)
-            except ValueError:
-                continue
+    children = (
+        batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    )
+    for child in children:
+        try:
+            return leading_batch_size(child)
+        except ValueError:
+            continue
     raise ValueError(f"no tensor in the batch to count samples from: {type(batch).__name__}")
 
 
