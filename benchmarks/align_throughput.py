@@ -6,8 +6,7 @@ AdamW with the same hyper-parameters, and the same number of threads. A step is 
 backward, optimiser step, zero_grad; open_clip's is ``CLIP.forward`` + ``ClipLoss`` + the
 ``torch.optim.AdamW`` of ``open_clip_train/main.py`` (its ``train_one_epoch`` inner step without the
 GradScaler), ours is ``ContrastiveAlignment``'s ``embed_media`` / ``embed_text`` / loss with
-duplicate-caption groups + the stage's fused AdamW. ``--same-optimizer`` gives open_clip the fused
-AdamW too, isolating the model + loss step.
+label-positive groups + the same AdamW.
 Steps alternate between the two so drifting machine load hits both alike.
 
     uv run python benchmarks/align_throughput.py --steps 30
@@ -45,7 +44,6 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--same-optimizer", action="store_true", help="fused AdamW for open_clip too")
     args = parser.parse_args()
 
     cfg = yaml.safe_load(open(CONFIG))["model"]["init_args"]
@@ -55,13 +53,13 @@ def main() -> None:
     batches = load_batches(args.batch_size, 8, vision["vision_cfg"]["image_size"], text["text_cfg"]["context_length"])
 
     torch.manual_seed(0)
-    ours = ContrastiveAlignment(OpenClipVisionEncoder(**vision), OpenClipTextEncoder(**text))
+    ours = ContrastiveAlignment(OpenClipVisionEncoder(**vision), OpenClipTextEncoder(**text), positives=cfg["positives"])
     torch.manual_seed(0)
     theirs = open_clip.CLIP(embed_dim, vision["vision_cfg"], text["text_cfg"])
     theirs_loss = open_clip.ClipLoss()
     hyper = {"lr": 5e-4, "betas": (0.9, 0.98), "eps": 1e-6}
-    opt_ours = torch.optim.AdamW(adamw_param_groups(ours, 0.1), fused=True, **hyper)
-    opt_theirs = torch.optim.AdamW(adamw_param_groups(theirs, 0.1), fused=args.same_optimizer, **hyper)
+    opt_ours = torch.optim.AdamW(adamw_param_groups(ours, 0.1), **hyper)
+    opt_theirs = torch.optim.AdamW(adamw_param_groups(theirs, 0.1), **hyper)
     autocast = (
         (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.precision == "bf16" else contextlib.nullcontext
     )
@@ -97,7 +95,7 @@ def main() -> None:
     rate = {name: images / seconds for name, seconds in elapsed.items()}
     print(
         f"threads={torch.get_num_threads()} batch={args.batch_size} steps={args.steps} "
-        f"precision={args.precision} same_optimizer={args.same_optimizer}"
+        f"precision={args.precision}"
     )
     for name in steps:
         print(f"{name:>10}: {rate[name]:8.1f} images/s")

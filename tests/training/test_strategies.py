@@ -34,19 +34,12 @@ def _fit(root: Path, shard_args: list[str], *args: str):
     )  # fmt: skip
 
 
-FUSED_ADAMW = pytest.mark.xfail(
-    raises=RuntimeError, strict=True,
-    reason="ContrastiveAlignment builds AdamW(fused=True); Lightning refuses to clip the gradients of a "
-    "fused optimizer under mixed precision",
-)  # fmt: skip
-
-
 @pytest.mark.parametrize(
     ("precision", "clip"),
     [
         ("bf16-mixed", None),
         ("32-true", 1.0),
-        pytest.param("bf16-mixed", 1.0, marks=[FUSED_ADAMW, pytest.mark.slow]),
+        pytest.param("bf16-mixed", 1.0, marks=pytest.mark.slow),
     ],
 )
 def test_precision_accumulation_clipping_and_activation_checkpointing(

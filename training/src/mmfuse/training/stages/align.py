@@ -129,7 +129,7 @@ class ContrastiveAlignment(L.LightningModule):
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         groups = adamw_param_groups(self, hp.weight_decay)
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=hp.betas, eps=hp.eps, fused=True)
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=hp.betas, eps=hp.eps)
         total = self.trainer.estimated_stepping_batches
         scheduler = warmup_cosine(optimizer, hp.warmup_steps, int(total), hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
