@@ -1,8 +1,9 @@
 import os
 
 import pytest
-from mmfuse.video.decoding import VideoDecodeError, decord_supports_width, open_video
 from video_bytes import frame_numbers, numbered_clip
+
+from mmfuse.video.decoding import VideoDecodeError, decord_supports_width, open_video
 
 torchcodec = pytest.importorskip("torchcodec")
 BACKENDS = [

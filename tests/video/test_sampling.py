@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from mmfuse.video.sampling import FpsSampler, SegmentSampler, UniformSampler
 
 

@@ -4,13 +4,14 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from shards import write_shard
+from video_bytes import frame_numbers, numbered_clip
+
 from mmfuse.core.data import PairDecoder, ShardedStream, expand_urls
 from mmfuse.video.decoding import VideoDecodeError
 from mmfuse.video.sampling import SegmentSampler, UniformSampler
 from mmfuse.video.transforms import VideoTransform
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from shards import write_shard
-from video_bytes import frame_numbers, numbered_clip
 
 
 def to_uint8(pixel_values_videos: torch.Tensor) -> np.ndarray:

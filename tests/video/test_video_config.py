@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmfuse.training.cli import cli_main
+
 from mmfuse.core.checkpoint import load_media_encoder_state
+from mmfuse.training.cli import cli_main
 from mmfuse.video import VideoEncoder
 
 REPO = Path(__file__).parents[2]

@@ -10,11 +10,12 @@ import contextlib
 from pathlib import Path
 from typing import Literal
 
-from mmfuse.core.encoders import EncoderOutput, MediaEncoder, masked_mean_pool
+from torch import Tensor, nn
+
 from mmfuse.core.checkpoint import load_media_encoder_state
+from mmfuse.core.encoders import EncoderOutput, MediaEncoder, masked_mean_pool
 from mmfuse.video.masking import TubePatchDropout
 from mmfuse.video.temporal import TemporalTransformer
-from torch import Tensor, nn
 
 
 class VideoEncoder(MediaEncoder):

@@ -6,10 +6,11 @@ Shape letters: t frames (the sampler's ``num_frames``), c channels, h height, w 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
+
 from mmfuse.video.decoding import Backend, decord_supports_width, open_video
 from mmfuse.video.sampling import FrameSampler, UniformSampler
 from mmfuse.vision import normalize
-from torch import Tensor
 
 
 class VideoTransform:
