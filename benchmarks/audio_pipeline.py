@@ -92,7 +92,7 @@ def best_clips_per_second(paths: dict[str, Callable], clips: list[bytes], repeat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shards", default="data/audio_text/val-{000000..000001}.tar")
+    parser.add_argument("--shards", default="data/audio_text/val-{000000..000001}.tar.gz")
     parser.add_argument("--clips", type=int, default=300, help="clips per pass")
     parser.add_argument("--clip-seconds", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=5)

@@ -37,6 +37,7 @@ from collections.abc import Callable
 import av
 import numpy as np
 import torch
+
 from mmfuse.core.data import expand_urls
 from mmfuse.video.decoding import DecordReader, TorchCodecReader
 from mmfuse.video.sampling import UniformSampler

@@ -16,7 +16,7 @@ class LogMelSpectrogram(nn.Module):
     """Whisper's normalised log-mel spectrogram, computed with ``torchaudio.transforms``.
 
     Power STFT (periodic Hann window, centred frames with reflect padding) -> Slaney-scale,
-    Slaney-normalised mel filter bank from 0 Hz to Nyquist -> ``log10(max(mel, 1e-10))``, floored
+    Slaney-normalised mel filter bank from ``f_min`` to ``f_max`` (Whisper: 0 Hz to Nyquist) -> ``log10(max(mel, 1e-10))``, floored
     at the clip's maximum minus 8 (80 dB of dynamic range) -> ``(x + 4) / 4``. The last STFT frame
     is dropped, so a clip of n samples gives ``n // hop_length`` frames. This matches
     ``transformers.WhisperFeatureExtractor`` (Radford et al., 2022, "Robust Speech Recognition via
@@ -27,9 +27,19 @@ class LogMelSpectrogram(nn.Module):
         n_fft: STFT window and FFT size in samples (400 = 25 ms at 16 kHz).
         hop_length: frame step in samples (160 = 10 ms at 16 kHz).
         n_mels: mel bins.
+        f_min: lowest filter edge in Hz.
+        f_max: highest filter edge in Hz; None = Nyquist (``sample_rate / 2``).
     """
 
-    def __init__(self, sample_rate: int = 16000, n_fft: int = 400, hop_length: int = 160, n_mels: int = 80):
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        n_fft: int = 400,
+        hop_length: int = 160,
+        n_mels: int = 80,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+    ):
         super().__init__()
         self.hop_length = hop_length
         self.mel = MelSpectrogram(
@@ -37,6 +47,8 @@ class LogMelSpectrogram(nn.Module):
             n_fft=n_fft,
             hop_length=hop_length,
             n_mels=n_mels,
+            f_min=f_min,
+            f_max=f_max,
             power=2.0,
             norm="slaney",
             mel_scale="slaney",

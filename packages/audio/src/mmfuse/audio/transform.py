@@ -25,6 +25,8 @@ class AudioTransform:
         n_fft: STFT size in samples.
         hop_length: frame step in samples.
         n_mels: mel bins.
+        f_min: lowest mel filter edge in Hz.
+        f_max: highest mel filter edge in Hz; None = Nyquist.
         speed_factors: speed perturbation in training (Ko et al., 2015, "Audio Augmentation for
             Speech Recognition", section 2: 0.9, 1.0 and 1.1): each clip is played at a factor
             drawn uniformly from these, i.e. resampled as if recorded at ``factor`` times its
@@ -43,12 +45,14 @@ class AudioTransform:
         n_fft: int = 400,
         hop_length: int = 160,
         n_mels: int = 80,
+        f_min: float = 0.0,
+        f_max: float | None = None,
         speed_factors: tuple[float, ...] = (),
         spec_augment: SpecAugment | None = None,
     ):
         self.num_samples = math.ceil(clip_seconds * sample_rate)
         self.resample = Resampler(sample_rate)
-        self.log_mel = LogMelSpectrogram(sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels)
+        self.log_mel = LogMelSpectrogram(sample_rate, n_fft, hop_length, n_mels, f_min=f_min, f_max=f_max)
         self.speed_factors = speed_factors
         self.spec_augment = spec_augment
 
