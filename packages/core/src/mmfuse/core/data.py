@@ -5,7 +5,7 @@ One pass over a sharded dataset is:
     shard list (brace notation, local paths or ``pipe:`` commands)
       -> deterministic seeded shard shuffle, new order every epoch
       -> split by node (rank) -> split by dataloader worker
-      -> tar members grouped into samples -> shuffle buffer
+      -> tar members grouped into samples (or JSONL lines) -> shuffle buffer
       -> decode + transform in the worker (a corrupt sample is skipped and counted)
       -> batches
 
@@ -15,12 +15,18 @@ differences: the shard assignment is a pure function (:func:`assign_shards`) so 
 as an exact partition, and the number of skipped samples travels inside the batches
 (``batch["num_skipped"]``) so the training process can log it, whichever worker skipped them.
 
+A shard is a webdataset tar (``.tar``, ``.tar.gz``) or a JSON Lines file (``.jsonl``,
+``.jsonl.gz``): each line becomes a sample ``{"__key__", "__url__", "json": line bytes}`` whose
+media are files named in the record (read by the decoder, relative to the JSONL file).
+
 Media transforms (``mmfuse.vision.ImageTransform``, ``mmfuse.audio.AudioTransform``,
 ``mmfuse.video.VideoTransform``) follow :class:`MediaTransform`.
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
 import itertools
 import json
 import logging
@@ -84,9 +90,48 @@ def count_samples(urls: Sequence[str]) -> int:
     for url in urls:
         if not os.path.isfile(url):
             raise ValueError(f"cannot count samples of {url}: not a local file; set num_samples")
+        if is_jsonl(url):
+            with _open_jsonl(url) as lines:
+                total += sum(1 for line in lines if line.strip())
+            continue
         with tarfile.open(url) as tar:
             total += len({_split_member(m.name)[0] for m in tar.getmembers() if m.isfile()})
     return total
+
+
+def is_jsonl(url: str) -> bool:
+    """Whether a shard URL names a JSON Lines file (``.jsonl``, ``.jsonl.gz``) rather than a tar."""
+    return url.endswith((".jsonl", ".jsonl.gz"))
+
+
+def _open_jsonl(url: str) -> Any:
+    stream = wds.gopen(url, "rb")  # local paths and pipe: commands, as for tars
+    return gzip.open(stream) if url.endswith(".gz") else stream
+
+
+def jsonl_to_samples(url: str) -> Iterator[Sample]:
+    """The lines of a JSONL shard as samples ``{"__key__": "<name>:<line>", "__url__", "json"}``.
+
+    Blank lines are skipped; a line that is not valid JSON still becomes a sample, so the decoder
+    rejects it and the pipeline counts it like any corrupt sample.
+    """
+    name = os.path.basename(url)
+    with _open_jsonl(url) as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                yield {"__key__": f"{name}:{number}", "__url__": url, "json": line}
+
+
+def shards_to_samples(sources: Iterable[dict[str, str]], handler: Callable[..., bool]) -> Iterator[Sample]:
+    """Samples of each ``{"url": ...}`` in turn: tar members grouped by key, or JSONL lines.
+
+    Args:
+        sources: shard descriptors, as webdataset's shard lists yield them.
+        handler: webdataset error handler for unreadable tar members (True: skip and go on).
+    """
+    read_tar = wds.tarfile_to_samples(handler=handler)
+    for source in sources:
+        yield from jsonl_to_samples(source["url"]) if is_jsonl(source["url"]) else read_tar([source])
 
 
 def assign_shards(
@@ -232,15 +277,18 @@ class ShardedStream(IterableDataset):
         """Select the epoch whose shard order the next iteration uses."""
         self.epoch = epoch
 
-    def _samples(self, rank: int, world_size: int, worker: int, num_workers: int, skips: SkipCounter) -> Iterator[Sample]:
-        to_samples = wds.tarfile_to_samples(handler=skips)
+    def _samples(
+        self, rank: int, world_size: int, worker: int, num_workers: int, skips: SkipCounter
+    ) -> Iterator[Sample]:
+        to_samples = functools.partial(shards_to_samples, handler=skips)
         if self.split_samples:
             slot, num_slots = rank * num_workers + worker, world_size * num_workers
             yield from itertools.islice(to_samples({"url": u} for u in self.urls), slot, None, num_slots)
             return
         if self.resampled:
             rng = random.Random(f"{self.seed}-{self.epoch}-{rank}-{worker}")
-            yield from self._shuffled(to_samples({"url": rng.choice(self.urls)} for _ in itertools.count()), 0)
+            sources = ({"url": rng.choice(self.urls)} for _ in itertools.count())
+            yield from self._shuffled(to_samples(sources), 0)
             return
         # One pass = this worker's shards once; the shuffle buffer drains at the end of each pass,
         # so no sample is seen twice in an epoch shorter than a pass.

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from mmfuse.core.functional import IGNORE_INDEX
 from torch import Tensor
+
+from mmfuse.core.functional import IGNORE_INDEX
 
 if TYPE_CHECKING:  # transformers is a dependency of the stages that call these functions
     from transformers import PreTrainedTokenizerFast
@@ -107,15 +108,20 @@ def content_text(content: str | Sequence[Mapping[str, Any]]) -> str:
     return "".join(pieces)
 
 
-def media_order(messages: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Modality of each media part of a conversation, in the order of their placeholders."""
+def media_parts(messages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The media parts (``{"type": "image" | "audio" | "video", ...}``) of a conversation, in order."""
     return [
-        part["type"]
+        part
         for message in messages
         if not isinstance(message["content"], str)
         for part in message["content"]
         if part["type"] in MEDIA_TYPES
     ]
+
+
+def media_order(messages: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Modality of each media part of a conversation, in the order of their placeholders."""
+    return [part["type"] for part in media_parts(messages)]
 
 
 @dataclass

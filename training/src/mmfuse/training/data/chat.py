@@ -3,7 +3,9 @@
 A shard sample is ``{key}.json`` -> ``{"messages": [...], "kinds": [...], "source": ...}`` (TRL
 conversational messages; ``kinds`` names the question kind of each assistant turn, for evaluation)
 plus one member per media part, ``{key}.{modality}_{i}.{ext}`` for the i-th part of that modality
-(``scripts/build_instructions.py`` writes them). :class:`ChatDecoder` tokenizes with assistant-only
+(``scripts/build_instructions.py`` writes them). A JSONL shard holds the same record per line, its
+media parts naming files instead: ``{"type": "image", "path": "images/cat.png"}`` (relative to
+the JSONL file; see :func:`media_bytes`). :class:`ChatDecoder` tokenizes with assistant-only
 labels (:func:`mmfuse.core.text.tokenize_chat`) and runs the media transforms; a sample that is
 too long to keep its media is skipped and counted by the pipeline.
 
@@ -23,10 +25,13 @@ import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from torch import Tensor
+
 from mmfuse.core.data import EpochLoader, MediaTransform, ShardedStream, count_samples, expand_urls
 from mmfuse.core.functional import IGNORE_INDEX, shift_labels
 from mmfuse.core.packing import (
@@ -34,8 +39,7 @@ from mmfuse.core.packing import (
     pack_best_fit_decreasing,
     position_ids_from_cu_seqlens,
 )
-from mmfuse.core.text import load_tokenizer, tokenize_chat
-from torch import Tensor
+from mmfuse.core.text import load_tokenizer, media_parts, tokenize_chat
 
 
 @dataclass
@@ -79,18 +83,38 @@ class ChatDecoder:
         record = json.loads(sample["json"])
         chat = tokenize_chat(self.tokenizer, record["messages"], max_length=self.max_length)
         media, seen = [], defaultdict(int)
-        for modality in chat.media:
-            prefix = f"{modality}_{seen[modality]}."
+        for part in media_parts(record["messages"]):
+            modality = part["type"]
+            data = media_bytes(sample, part, seen[modality])
             seen[modality] += 1
-            member = next((k for k in sample if k.startswith(prefix)), None)
-            if member is None:
-                raise KeyError(f"no member {prefix}* for a {modality} part; members {sorted(sample)}")
-            media.append((modality, self.transforms[modality](sample[member], train=train)))
+            media.append((modality, self.transforms[modality](data, train=train)))
         example = ChatExample(
             chat.input_ids, shift_labels(chat.labels), media, record["messages"],
             record.get("kinds", []), sample["__key__"],
         )  # fmt: skip
         return {"chat": example}
+
+
+def media_bytes(sample: Mapping[str, Any], part: Mapping[str, Any], index: int) -> bytes:
+    """The encoded bytes of the ``index``-th media part of its modality in a sample.
+
+    A tar sample holds them as the member ``{modality}_{index}.{ext}``; a JSONL sample names a
+    file in the part (``"path"``, or ``"image"``/``"audio"``/``"video"`` as in TRL's datasets), an
+    absolute path or one relative to the JSONL file.
+
+    Raises:
+        KeyError: neither a member nor a path for the part.
+        OSError: the named file cannot be read.
+    """
+    modality = part["type"]
+    prefix = f"{modality}_{index}."
+    member = next((k for k in sample if k.startswith(prefix)), None)
+    if member is not None:
+        return sample[member]
+    path = part.get("path", part.get(modality))
+    if not isinstance(path, str):
+        raise KeyError(f"a {modality} part with neither a member {prefix}* nor a path: {dict(part)}")
+    return (Path(sample.get("__url__", "")).parent / path).read_bytes()
 
 
 def collate_media(media: Sequence[list[tuple[str, dict[str, Tensor]]]]) -> dict[str, dict[str, Tensor]]:
@@ -161,7 +185,7 @@ class ChatDataModule(L.LightningDataModule):
     themselves (for generation).
 
     Args:
-        train_shards: brace-notation shard URLs, ``::``-joined.
+        train_shards: brace-notation shard URLs, ``::``-joined: webdataset tars or JSONL files.
         val_shards: the same for validation; None disables validation.
         tokenizer: tokenizer directory or name (:func:`mmfuse.core.text.load_tokenizer`).
         image: image transform, when the data has images.
@@ -254,4 +278,12 @@ class ChatDataModule(L.LightningDataModule):
         return {"micro_batches": micro_batches, "examples": examples, "num_skipped": batch["num_skipped"]}
 
 
-__all__ = ["ChatDataModule", "ChatDecoder", "ChatExample", "collate_media", "pack_examples", "pad_examples"]
+__all__ = [
+    "ChatDataModule",
+    "ChatDecoder",
+    "ChatExample",
+    "collate_media",
+    "media_bytes",
+    "pack_examples",
+    "pad_examples",
+]
