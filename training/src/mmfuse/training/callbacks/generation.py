@@ -12,7 +12,9 @@ each validation epoch:
   baseline);
 * ``val/perplexity``: ``exp(sum NLL / target tokens)`` over every validation target token.
 
-Single process: with several ranks each logs its own shard's figures.
+With several ranks, each answers the questions of its own validation shard and the counts are
+gathered (``torch.distributed.all_gather_object``) before the figures are computed, so every rank
+logs the figures of the whole validation set.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
 from mmfuse.core.text import content_text, media_order, tokenize_chat
 from mmfuse.training.data.chat import ChatExample, collate_media
-from torch import Tensor
 
 
 def answer_prompts(example: ChatExample, tokenizer: Any) -> list[tuple[Tensor, list, str, str]]:
@@ -55,7 +58,7 @@ class GenerationEval(Callback):
 
     Args:
         max_new_tokens: generation budget per answer.
-        max_questions: answer at most this many questions per validation epoch (the first ones);
+        max_questions: answer at most this many questions per validation epoch and rank (the first);
             None for all. Perplexity always covers the whole set.
     """
 
@@ -103,7 +106,31 @@ class GenerationEval(Callback):
             self.correct[kind] += answer.strip() == reference
             self.references[kind][reference] += 1
 
+    def state(self) -> dict[str, Any]:
+        """This process's counts: ``correct``, ``asked``, ``references``, ``nll``, ``tokens``."""
+        return {"correct": self.correct, "asked": self.asked, "references": self.references,
+                "nll": self.nll, "tokens": self.tokens}  # fmt: skip
+
+    def merge(self, states: list[dict[str, Any]]) -> None:
+        """Replace the counts with the sums of ``states`` (one per rank)."""
+        self._reset()
+        for state in states:
+            self.correct.update(state["correct"])
+            self.asked.update(state["asked"])
+            for kind, references in state["references"].items():
+                self.references[kind].update(references)
+            self.nll += state["nll"]
+            self.tokens += state["tokens"]
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            states: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(states, self.state())
+            self.merge(states)
+        pl_module.log_dict(self.metrics())
+
+    def metrics(self) -> dict[str, float]:
+        """The figures of the module docstring from the current counts."""
         metrics = {"val/perplexity": torch.tensor(self.nll / max(self.tokens, 1)).exp().item()}
         modalities: dict[str, list[str]] = defaultdict(list)
         for kind, asked in self.asked.items():
@@ -113,4 +140,4 @@ class GenerationEval(Callback):
         for modality, kinds in modalities.items():
             asked = sum(self.asked[k] for k in kinds)
             metrics[f"val/exact_match/{modality}"] = sum(self.correct[k] for k in kinds) / asked
-        pl_module.log_dict(metrics)
+        return metrics
