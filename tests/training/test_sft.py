@@ -180,3 +180,14 @@ def test_packed_rows_attend_through_the_core_varlen_path(monkeypatch):
         model.nll(packed)
     assert len(seen) == LM["num_hidden_layers"]
     assert all(torch.equal(cu, packed["cu_seq_lens_q"]) for cu in seen)
+
+
+def test_frozen_towers_stay_in_eval_mode_and_get_no_gradient():
+    model = _model(freeze=["encoders"]).train()
+    assert not model.encoders.training and model.fused.training
+    assert not any(p.requires_grad for p in model.encoders.parameters())
+    examples = _examples(model.tokenizer)
+    nll, _ = model.nll(pack_examples(examples, 64, model.tokenizer.pad_token_id))
+    nll.backward()
+    assert all(p.grad is None for p in model.encoders.parameters())
+    assert any(p.grad is not None for p in model.fused.adapters.parameters())

@@ -172,6 +172,13 @@ class InstructionTuning(L.LightningModule):
         if "encoders" in parts:
             self.encoders.requires_grad_(False)
 
+    def train(self, mode: bool = True) -> InstructionTuning:
+        """Frozen towers stay in eval mode (no dropout, no patch dropout) while the rest trains."""
+        super().train(mode)
+        if "encoders" in (self.hparams.freeze or []):
+            self.encoders.eval()
+        return self
+
     def encode_media(self, media: dict[str, dict[str, Tensor]]) -> dict[str, EncoderOutput]:
         """Modality -> its towers' per-token states for the items of a micro-batch."""
         return {
