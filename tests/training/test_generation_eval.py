@@ -2,10 +2,16 @@
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import torch
 
-from mmfuse.training.callbacks.generation import GenerationEval
+from mmfuse.core.text import load_tokenizer
+from mmfuse.training.callbacks.generation import GenerationEval, answer_prompts
+from mmfuse.training.data.chat import ChatExample
+
+TOKENIZER = str(Path(__file__).resolve().parents[2] / "data" / "tokenizer")
 
 
 def _observe(callback: GenerationEval, answers: list[tuple[str, str, str]], nll: float, tokens: int) -> None:
@@ -44,3 +50,16 @@ def test_merged_ranks_equal_one_process():
     merged.merge([rank0.state(), rank1.state()])
     assert merged.metrics() == whole.metrics()
     assert merged.references["image/digit"] == Counter({"3": 2, "7": 1})
+
+
+def test_every_assistant_turn_is_a_question_and_missing_kinds_count_as_chat():
+    messages = [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": " hello "},
+        {"role": "user", "content": "Again"}, {"role": "assistant", "content": "bye"},
+    ]  # fmt: skip
+    tokenizer = load_tokenizer(TOKENIZER)
+    empty = torch.zeros(0, dtype=torch.int64)
+    prompts = answer_prompts(ChatExample(empty, empty, [], messages), tokenizer)
+    assert [(kind, reference) for _, _, kind, reference in prompts] == [("chat", "hello"), ("chat", "bye")]
+    second_prompt = tokenizer.decode(prompts[1][0])
+    assert "hello" in second_prompt and "bye" not in second_prompt

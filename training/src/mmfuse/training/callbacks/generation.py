@@ -32,10 +32,13 @@ from mmfuse.training.data.chat import ChatExample, collate_media
 
 
 def answer_prompts(example: ChatExample, tokenizer: Any) -> list[tuple[Tensor, list, str, str]]:
-    """``(prompt_ids [s], the prompt's media parts, kind, reference)`` for each assistant turn."""
+    """``(prompt_ids [s], the prompt's media parts, kind, reference)`` for each assistant turn.
+
+    A conversation without ``kinds`` (e.g. a JSONL record that has none) counts as kind ``"chat"``.
+    """
     prompts = []
     turns = [i for i, m in enumerate(example.messages) if m["role"] == "assistant"]
-    for turn, kind in zip(turns, example.kinds, strict=True):
+    for turn, kind in zip(turns, example.kinds or ["chat"] * len(turns), strict=True):
         before = example.messages[:turn]
         ids = tokenize_chat(tokenizer, before, add_generation_prompt=True).input_ids
         media = example.media[: len(media_order(before))]
