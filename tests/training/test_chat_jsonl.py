@@ -6,7 +6,7 @@ import json
 import torch
 from shards import COLORS, png_bytes, write_shard
 
-from mmfuse.core.data import ShardedStream, count_samples, expand_urls
+from mmfuse.core.data import ShardedStream, count_samples, expand_urls, jsonl_to_samples
 from mmfuse.core.text import load_tokenizer
 from mmfuse.training.data.chat import ChatDecoder
 from mmfuse.vision import ImageTransform
@@ -53,3 +53,13 @@ def test_jsonl_with_media_paths_decodes_like_the_tar_shard(tmp_path):
     for a, b in zip(from_jsonl, from_tar, strict=True):
         assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.shift_labels, b.shift_labels)
         assert torch.equal(a.media[0][1]["pixel_values"], b.media[0][1]["pixel_values"])
+
+
+def test_jsonl_through_a_pipe_reads_the_same_lines(tmp_path):
+    path = tmp_path / "rows.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write("".join(json.dumps({"i": i, "pad": "x" * 40_000}) + "\n" for i in range(5)))  # > one read
+    local = list(jsonl_to_samples(str(path)))
+    piped = list(jsonl_to_samples(f"pipe:cat {path}"))
+    assert [json.loads(s["json"])["i"] for s in piped] == list(range(5))
+    assert [s["json"] for s in piped] == [s["json"] for s in local]

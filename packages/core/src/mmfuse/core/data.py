@@ -25,6 +25,7 @@ Media transforms (``mmfuse.vision.ImageTransform``, ``mmfuse.audio.AudioTransfor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import itertools
@@ -104,9 +105,20 @@ def is_jsonl(url: str) -> bool:
     return url.endswith((".jsonl", ".jsonl.gz"))
 
 
-def _open_jsonl(url: str) -> Any:
-    stream = wds.gopen(url, "rb")  # local paths and pipe: commands, as for tars
-    return gzip.open(stream) if url.endswith(".gz") else stream
+@contextlib.contextmanager
+def _open_jsonl(url: str) -> Iterator[Iterator[bytes]]:
+    """The lines (without newline) of a JSONL shard, local or ``pipe:``, gunzipped if ``.gz``."""
+    with wds.gopen(url, "rb") as stream:  # a file, or webdataset's Pipe (which has only `read`)
+        yield _read_lines(gzip.open(stream) if url.endswith(".gz") else stream)
+
+
+def _read_lines(stream: Any) -> Iterator[bytes]:
+    rest = b""
+    while chunk := stream.read(1 << 16):
+        *lines, rest = (rest + chunk).split(b"\n")
+        yield from lines
+    if rest:
+        yield rest
 
 
 def jsonl_to_samples(url: str) -> Iterator[Sample]:

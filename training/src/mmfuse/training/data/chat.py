@@ -100,7 +100,8 @@ def media_bytes(sample: Mapping[str, Any], part: Mapping[str, Any], index: int) 
 
     A tar sample holds them as the member ``{modality}_{index}.{ext}``; a JSONL sample names a
     file in the part (``"path"``, or ``"image"``/``"audio"``/``"video"`` as in TRL's datasets), an
-    absolute path or one relative to the JSONL file.
+    absolute path or one relative to the directory of a local JSONL file (use absolute paths with
+    ``pipe:`` shards).
 
     Raises:
         KeyError: neither a member nor a path for the part.
