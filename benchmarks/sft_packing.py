@@ -139,6 +139,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
+    if args.steps <= args.warmup:
+        parser.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup}): warmup steps are not timed")
     tokenizer = load_tokenizer(str(REPO / "data" / "tokenizer"))
     records = conversations()
     random.Random(0).shuffle(records)
