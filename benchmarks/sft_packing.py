@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from mmfuse.core.functional import IGNORE_INDEX, shift_labels, token_logps
 from mmfuse.core.text import content_text, load_tokenizer, tokenize_chat
 from mmfuse.training.data.chat import ChatExample, pack_examples, pad_examples
@@ -140,7 +141,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     if args.steps <= args.warmup:
-        parser.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup}): warmup steps are not timed")
+        parser.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup}), which is not timed")
     tokenizer = load_tokenizer(str(REPO / "data" / "tokenizer"))
     records = conversations()
     random.Random(0).shuffle(records)
