@@ -34,9 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
 from mmfuse.core.attention import attention
 from mmfuse.core.packing import pack, pad, unpad
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 @dataclass(frozen=True)

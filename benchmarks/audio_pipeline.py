@@ -27,9 +27,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 import torchaudio
+from torchaudio.transforms import MelSpectrogram
+
 from mmfuse.audio import AudioTransform
 from mmfuse.core.data import expand_urls
-from torchaudio.transforms import MelSpectrogram
 
 SAMPLE_RATE, N_FFT, HOP, N_MELS = 16000, 400, 160, 80
 

@@ -36,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 import webdataset as wds
-from mmfuse.core.text import DEFAULT_CHAT_TEMPLATE, MEDIA_TYPES, media_token
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+from mmfuse.core.text import DEFAULT_CHAT_TEMPLATE, MEDIA_TYPES, media_token
 
 REPO = Path(__file__).resolve().parents[1]
 SPECIAL_TOKENS = ["<|bos|>", "<|im_start|>", "<|im_end|>", "<|pad|>", *(media_token(m) for m in MEDIA_TYPES)]

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+
 from mmfuse.training.cli import cli_main
 
 REPO = Path(__file__).parents[2]

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 from audio_bytes import encode, encode_m4a, sine
+
 from mmfuse.audio import FFMPEG_DEBIAN_PACKAGES, AudioDecodeError, decode_audio
 
 

@@ -1,10 +1,11 @@
 import pytest
 import torch
-from mmfuse.audio import AudioEncoder
-from mmfuse.audio.transformer import sinusoids
 from transformers import WhisperConfig, WhisperModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.models.whisper.modeling_whisper import sinusoids as hf_sinusoids
+
+from mmfuse.audio import AudioEncoder
+from mmfuse.audio.transformer import sinusoids
 
 TINY = dict(n_mels=8, hidden_size=16, num_layers=2, num_heads=2, ffn_dim=32, max_positions=12)
 

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 from audio_bytes import sine
-from mmfuse.audio import LogMelSpectrogram, SpecAugment
 from transformers import WhisperFeatureExtractor
+
+from mmfuse.audio import LogMelSpectrogram, SpecAugment
 
 
 def test_shape_is_mels_by_samples_over_hop():

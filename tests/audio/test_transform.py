@@ -6,9 +6,10 @@ import open_clip
 import pytest
 import torch
 from audio_bytes import encode, sine
+from shards import write_shard
+
 from mmfuse.audio import AudioDecodeError, AudioTransform, LogMelSpectrogram, SpecAugment
 from mmfuse.core.data import PairDecoder, ShardedStream
-from shards import write_shard
 
 
 def test_short_stereo_8khz_clip_is_mixed_resampled_padded_and_masked():

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 from audio_bytes import sine
+
 from mmfuse.audio.waveform import Resampler, fit_length, to_mono
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from mmfuse.core.attention import AttentionBackendError, attention
 from mmfuse.core.packing import cu_seqlens_from_lengths
 

@@ -4,6 +4,8 @@ import copy
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
 from mmfuse.core.attention import attention
 from mmfuse.core.encoders import EncoderOutput
 from mmfuse.core.fusion import (
@@ -14,7 +16,6 @@ from mmfuse.core.fusion import (
     PerceiverResampler,
 )
 from mmfuse.core.packing import cross_attention_segments, cu_seqlens_from_lengths, media_item_ranges
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 IMAGE, AUDIO = 60, 61
 SIZES = dict(

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from mmfuse.core.packing import (
     concat_ranges,
     cross_attention_segments,

@@ -2,6 +2,9 @@
 
 import pytest
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
 from mmfuse.core.functional import IGNORE_INDEX, shift_labels, token_logps
 from mmfuse.core.text import (
     DEFAULT_CHAT_TEMPLATE,
@@ -11,8 +14,6 @@ from mmfuse.core.text import (
     render_chat,
     tokenize_chat,
 )
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 SPECIAL = ["<|bos|>", "<|im_start|>", "<|im_end|>", "<|pad|>", "<|image|>"]
 WORDS = [

@@ -7,9 +7,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from mmfuse.training.callbacks.activation_checkpointing import ActivationCheckpointing
 from torch import nn
 from torch.utils.data import DataLoader
+
+from mmfuse.training.callbacks.activation_checkpointing import ActivationCheckpointing
 
 
 class Block(nn.Module):

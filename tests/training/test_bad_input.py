@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from mmfuse.training.cli import cli_main
 from shards import color_shards
+
+from mmfuse.training.cli import cli_main
 
 CONFIG = Path(__file__).parent / "tiny_align.yaml"
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
+
 from mmfuse.training.checkpoint import AtomicCheckpointIO, atomic_torch_save
 
 # Both checkpoints are built in the parent: after a fork, the child must run no intra-op parallel

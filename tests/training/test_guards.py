@@ -8,8 +8,9 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from mmfuse.training.callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
 from torch.utils.data import DataLoader
+
+from mmfuse.training.callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
 
 
 def _batches(num: int, nan_at: set[int] = frozenset()) -> list[tuple[torch.Tensor, torch.Tensor]]:

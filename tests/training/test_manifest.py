@@ -12,6 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringDataModule, BoringModel
+
 from mmfuse.training.callbacks.manifest import RunManifest, git_state
 
 

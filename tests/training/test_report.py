@@ -10,6 +10,7 @@ import pytest
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
 from matplotlib.image import imread
+
 from mmfuse.training.report import find_metrics_files, main, read_curves, restart_steps, write_report
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+
 from mmfuse.training.callbacks import requeue
 from mmfuse.training.callbacks.requeue import RequeueOnSignal
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmfuse.training.cli import cli_main
 from shards import color_shards
+
+from mmfuse.training.cli import cli_main
 
 HERE = Path(__file__).parent
 CONFIG = HERE / "tiny_align.yaml"

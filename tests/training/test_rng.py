@@ -9,8 +9,9 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from mmfuse.training.callbacks.rng import RngStateCheckpoint, rng_states, set_rng_states
 from torch.utils.data import DataLoader
+
+from mmfuse.training.callbacks.rng import RngStateCheckpoint, rng_states, set_rng_states
 
 
 def test_states_round_trip_through_a_weights_only_checkpoint(tmp_path: Path) -> None:

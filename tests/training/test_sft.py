@@ -4,6 +4,7 @@ import copy
 from pathlib import Path
 
 import torch
+
 from mmfuse.core.attention import attention
 from mmfuse.core.functional import IGNORE_INDEX, shift_labels
 from mmfuse.core.text import tokenize_chat

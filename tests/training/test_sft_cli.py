@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from mmfuse.training.cli import cli_main
 
 REPO = Path(__file__).resolve().parents[2]

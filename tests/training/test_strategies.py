@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
-from mmfuse.training.callbacks.throughput import MeasuredThroughputMonitor
-from mmfuse.training.cli import cli_main
 from shards import color_shards
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+from mmfuse.training.callbacks.throughput import MeasuredThroughputMonitor
+from mmfuse.training.cli import cli_main
 
 CONFIG = Path(__file__).parent / "tiny_align.yaml"
 BLOCK = "open_clip.transformer.ResidualAttentionBlock"

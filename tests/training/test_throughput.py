@@ -8,8 +8,9 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import Logger
-from mmfuse.training.callbacks.throughput import MeasuredThroughputMonitor, leading_batch_size
 from torch.utils.data import DataLoader
+
+from mmfuse.training.callbacks.throughput import MeasuredThroughputMonitor, leading_batch_size
 
 B, D_IN, D_HID, D_OUT = 8, 16, 32, 4  # batch, widths
 

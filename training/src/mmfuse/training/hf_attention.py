@@ -19,10 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from mmfuse.core.attention import attention
 from torch import Tensor, nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from mmfuse.core.attention import attention
 
 ATTN_IMPLEMENTATION = "mmfuse"
 

@@ -5,9 +5,10 @@ Shape letters: b batch, m mel bins, f frames, s_e encoder tokens, d ``hidden_siz
 
 from __future__ import annotations
 
+from torch import Tensor, nn
+
 from mmfuse.audio.transformer import MelTransformer
 from mmfuse.core.encoders import EncoderOutput, MediaEncoder, masked_mean_pool
-from torch import Tensor, nn
 
 
 class AudioEncoder(MediaEncoder):

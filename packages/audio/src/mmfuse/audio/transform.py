@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
+
 from mmfuse.audio.decode import decode_audio
 from mmfuse.audio.features import LogMelSpectrogram, SpecAugment
 from mmfuse.audio.waveform import Resampler, fit_length, to_mono
-from torch import Tensor
 
 
 class AudioTransform:

@@ -18,9 +18,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from mmfuse.core.attention import attention
 from mmfuse.core.encoders import EncoderOutput
-from torch import Tensor, nn
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:

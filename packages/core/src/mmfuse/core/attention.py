@@ -54,8 +54,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from mmfuse.core.packing import segment_ids
 from torch import Tensor
+
+from mmfuse.core.packing import segment_ids
 
 Backend = Literal["auto", "flash", "torch_varlen", "flex", "sdpa_varlen", "sdpa", "eager"]
 

@@ -49,6 +49,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from torch import Tensor, nn
+
 from mmfuse.core.attention import Backend, attention
 from mmfuse.core.encoders import EncoderOutput
 from mmfuse.core.packing import (
@@ -58,7 +60,6 @@ from mmfuse.core.packing import (
     cu_seqlens_from_lengths,
     media_item_ranges,
 )
-from torch import Tensor, nn
 
 
 class FeedForward(nn.Sequential):

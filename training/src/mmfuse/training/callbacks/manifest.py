@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import mmfuse.training
 import torch
 import webdataset as wds
 import yaml
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
+
+import mmfuse.training
 
 MANIFEST_FILE = "manifest.json"
 DIFF_FILE = "git.diff"

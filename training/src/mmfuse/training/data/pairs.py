@@ -5,7 +5,14 @@ from __future__ import annotations
 import lightning as L
 import open_clip
 
-from mmfuse.core.data import EpochLoader, MediaTransform, PairDecoder, ShardedStream, count_samples, expand_urls
+from mmfuse.core.data import (
+    EpochLoader,
+    MediaTransform,
+    PairDecoder,
+    ShardedStream,
+    count_samples,
+    expand_urls,
+)
 
 
 class PairDataModule(L.LightningDataModule):

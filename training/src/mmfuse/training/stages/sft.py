@@ -25,15 +25,16 @@ from typing import Any, Literal
 import lightning as L
 import peft
 import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from mmfuse.core.checkpoint import load_media_encoder_state
 from mmfuse.core.encoders import EncoderOutput, MediaEncoder
 from mmfuse.core.functional import IGNORE_INDEX, token_logps
 from mmfuse.core.fusion import FusedCausalLM, MediaProjector, PerceiverResampler
 from mmfuse.core.text import load_tokenizer, media_token
 from mmfuse.training import hf_attention
 from mmfuse.training.optim import adamw_param_groups, warmup_cosine
-from mmfuse.core.checkpoint import load_media_encoder_state
-from torch import Tensor, nn
-from transformers import AutoConfig, AutoModelForCausalLM
 
 #: micro-batch keys passed to the language model as they are.
 LM_KEYS = ("attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
