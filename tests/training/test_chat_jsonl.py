@@ -2,6 +2,7 @@
 
 import gzip
 import json
+from pathlib import Path
 
 import torch
 from shards import COLORS, png_bytes, write_shard
@@ -11,7 +12,7 @@ from mmfuse.core.text import load_tokenizer
 from mmfuse.training.data.chat import ChatDecoder
 from mmfuse.vision import ImageTransform
 
-TOKENIZER = "data/tokenizer"
+TOKENIZER = str(Path(__file__).resolve().parents[2] / "data" / "tokenizer")
 
 
 def _record(color: str, part: dict) -> dict:
@@ -22,7 +23,8 @@ def _record(color: str, part: dict) -> dict:
     return {"messages": messages, "kinds": ["image/colour"]}
 
 
-def _decoded(url: str) -> list:
+def _decoded(url: str) -> tuple[list, int]:
+    """The decoded conversations of a shard, and the number of samples skipped."""
     decoder = ChatDecoder(load_tokenizer(TOKENIZER), {"image": ImageTransform(image_size=16)}, max_length=64)
     stream = ShardedStream(expand_urls(url), decoder, batch_size=8, train=False, shuffle_buffer=0)
     batches = list(stream)
