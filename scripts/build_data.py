@@ -12,7 +12,8 @@ Sources:
     * Debian ``asterisk-core-sounds-en-wav`` (CC-BY-SA-3.0): 8 kHz human speech with transcripts
       from ``asterisk-core-sounds-en``; its 36 digit and letter recordings are the held-out
       zero-shot test set (val only).
-    * Debian ``espeak-ng`` (GPL-3): synthetic 16 kHz speech of the class words (train only).
+    * Debian ``espeak-ng`` (GPL-3): synthetic 16 kHz speech of the class words; a word's first
+      rendering is always in train, its others split by key hash (val holds voices of heard words).
     * Debian ``wordnet-base`` (WordNet 3.0 licence): glosses.
 
 Splits are fixed by a hash of the key (:func:`media_bytes.split_of`), never by shuffle order.
@@ -362,7 +363,10 @@ def asterisk_samples(root: Path) -> list[Sample]:
 
 
 def espeak_samples(words: list[str]) -> list[Sample]:
-    """espeak-ng renderings of ``words``, resampled to 16 kHz, all in train.
+    """espeak-ng renderings of ``words``, resampled to 16 kHz.
+
+    Rendering 0 of every word is in train; the others split by their key's hash, so a val
+    rendering is a new voice, speed and pitch of a word heard in training.
 
     12 renderings for each of the 36 digit and letter words, 2 for any other word. Each draws a
     voice, variant, speed (words per minute) and pitch (0-99) from a seed that depends on the
@@ -384,6 +388,7 @@ def espeak_samples(words: list[str]) -> list[Sample]:
                 resampled = resample_poly(waveform, ESPEAK_RATE, rate)  # 22,050 Hz -> 16 kHz
                 pcm = np.round(np.clip(resampled, -1, 1) * 32767).astype(np.int16)
                 key = f"espeak-{slug(word)}-{i:02d}"
+                split = "train" if i == 0 else split_of(key)
                 meta = {
                     "source": "espeak",
                     "label": word,
@@ -394,7 +399,7 @@ def espeak_samples(words: list[str]) -> list[Sample]:
                     "duration_s": round(len(pcm) / ESPEAK_RATE, 3),
                 }
                 samples.append(
-                    Sample(key, "ogg", encode_ogg_opus(pcm, ESPEAK_RATE, 16_000), word, meta, "train")
+                    Sample(key, "ogg", encode_ogg_opus(pcm, ESPEAK_RATE, 16_000), word, meta, split)
                 )
     return samples
 

@@ -17,12 +17,14 @@ Questions (answers are exact strings, for exact-match evaluation):
   -> the object with its article ("an eagle-owl") / the stamp's description;
 * audio: "What does the speaker say?" -> the transcript;
 * video: "What moves, and which way?" -> the caption ("the digit seven moving up");
-* text: 'Define the noun "eagle".' -> the WordNet gloss.
+* text: 'Define the noun "eagle".' (or one of the other :data:`TEXT_QUESTIONS`) -> the WordNet gloss.
 
-Splits: the media shards' own split, except espeak-ng speech (train-only in ``data/audio_text``):
-15 % of its words (by the same key hash as ``build_data.py``, on the word) are held out, so audio has
-held-out questions whose answers were seen in training. WordNet rows: 4 % of the words held out, 30 %
-for training, the rest left out (:data:`TEXT_VAL`, :data:`TEXT_TRAIN`).
+Splits: media samples keep their shard's split (so the aligned towers never saw a held-out item;
+held-out speech is new espeak-ng voices of heard words and the human Asterisk recordings). Text:
+only (word, part of speech) pairs with a single WordNet sense (one right answer), :data:`TEXT_WORDS`
+percent of them; each is asked in two of the three phrasings in train, and for :data:`TEXT_VAL`
+percent of them the third phrasing is a held-out question. A gloss is not guessable from its word,
+so the held-out text questions measure recall of definitions learned under other phrasings.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import gzip
 import hashlib
 import json
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +47,13 @@ from mmfuse.core.text import DEFAULT_CHAT_TEMPLATE, MEDIA_TYPES, media_token
 REPO = Path(__file__).resolve().parents[1]
 SPECIAL_TOKENS = ["<|bos|>", "<|im_start|>", "<|im_end|>", "<|pad|>", *(media_token(m) for m in MEDIA_TYPES)]
 SOURCES = {"image": "image_text", "audio": "audio_text", "video": "video_text"}
-#: percent of the WordNet words held out (val) and used for training; the rest are left out, so that
+#: percent of the single-sense WordNet (word, pos) pairs asked about; the rest are left out, so that
 #: definitions (about ten times longer than the media answers) do not hold most of the target tokens.
-TEXT_VAL, TEXT_TRAIN = 4, 30
+TEXT_WORDS = 15
+#: percent of those whose third phrasing is a held-out question.
+TEXT_VAL = 25
+TEXT_QUESTIONS = ('Define the {pos} "{word}".', 'What does the {pos} "{word}" mean?',
+                  'Give the meaning of the {pos} "{word}".')  # fmt: skip
 
 
 def bucket(key: str) -> int:
@@ -96,25 +103,30 @@ def media_samples() -> list[tuple[str, dict]]:
             key, meta = raw["__key__"], json.loads(raw["json"])
             ext = next(e for e in raw if e not in ("__key__", "json", "txt"))
             kind, question, answer = media_question(modality, meta, raw["txt"].decode().strip(), key)
-            if meta["source"] == "espeak":
-                split = "val" if bucket(meta["label"]) < 15 else "train"
             record = {"messages": turn(modality, question, answer), "kinds": [kind], "source": meta["source"]}
             out.append((split, {"__key__": key, "json": record, f"{modality}_0.{ext}": raw[ext]}))
     return out
 
 
 def text_samples() -> list[tuple[str, dict]]:
-    """``(split, sample)`` WordNet definition questions."""
+    """``(split, sample)`` WordNet definition questions (module docstring: which words, which phrasing)."""
+    with gzip.open(REPO / "data" / "text" / "wordnet.jsonl.gz", "rt") as lines:
+        rows = [json.loads(line) for line in lines]
+    senses = Counter((row["word"], row["pos"]) for row in rows)
     out = []
-    with gzip.open(REPO / "data" / "text" / "wordnet.jsonl.gz", "rt") as rows:
-        for i, row in enumerate(map(json.loads, rows)):
-            question = f'Define the {row["pos"]} "{row["word"]}".'
+    for i, row in enumerate(rows):
+        name = f'{row["pos"]}/{row["word"]}'
+        if senses[row["word"], row["pos"]] > 1 or bucket(name) >= TEXT_WORDS:
+            continue
+        held_out = bucket(name + "/phrasing") % len(TEXT_QUESTIONS)
+        for q, template in enumerate(TEXT_QUESTIONS):
+            split = "val" if q == held_out else "train"
+            if split == "val" and bucket(name + "/val") >= TEXT_VAL:
+                continue
+            question = template.format(**row)
             record = {"messages": turn(None, question, row["gloss"]), "kinds": ["text/definition"],
                       "source": "wordnet"}  # fmt: skip
-            share = bucket(row["word"])
-            if share < TEXT_VAL + TEXT_TRAIN:
-                split = "val" if share < TEXT_VAL else "train"
-                out.append((split, {"__key__": f"wordnet-{i:05d}", "json": record}))
+            out.append((split, {"__key__": f"wordnet-{i:05d}-{q}", "json": record}))
     return out
 
 
