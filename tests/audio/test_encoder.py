@@ -32,6 +32,7 @@ def test_shapes_and_mask():
     assert out.hidden_states.shape == (3, 11, 16)  # ceil(21 / 2) tokens
     assert out.attention_mask.tolist()[1] == [True] * 5 + [False] * 6  # frames 0, 2, .., 8 real
     assert encoder(features, mask).shape == (3, 6)
+    assert torch.equal(out.pooled, encoder(features, mask))  # fusion reads the aligned embedding too
     assert encoder.forward_features(features).attention_mask is None
 
 

@@ -1,6 +1,7 @@
 """Gated cross-attention fusion on tiny Hugging Face Llama / Qwen2 models built in code."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -42,7 +43,11 @@ def _media(seed):
     audio_mask = torch.arange(7) < torch.tensor([[7], [3]])  # the second clip has 3 real frames of 7
     return {
         "image": EncoderOutput(torch.randn(3, 5, 16, generator=generator, dtype=torch.float64)),
-        "audio": EncoderOutput(torch.randn(2, 7, 12, generator=generator, dtype=torch.float64), audio_mask),
+        "audio": EncoderOutput(
+            torch.randn(2, 7, 12, generator=generator, dtype=torch.float64),
+            audio_mask,
+            pooled=torch.randn(2, 6, generator=generator, dtype=torch.float64),
+        ),
     }
 
 
@@ -52,7 +57,7 @@ def _fused(model="llama", attend="latest", gates=0.0):
     bare = copy.deepcopy(lm)
     adapters = {
         "image": PerceiverResampler(16, 32, depth=1, num_latents=4, num_heads=2, head_dim=8),
-        "audio": MediaProjector(12, 32),
+        "audio": MediaProjector(12, 32, pooled_dim=6),
     }
     fused = FusedCausalLM(
         lm,
@@ -97,17 +102,23 @@ def test_tokens_before_the_first_media_ignore_the_media(attend):
 
 
 @pytest.mark.parametrize(
-    ("modality", "item", "row", "first_changed"),
-    [("audio", 1, 1, 1), ("image", 0, 0, 2), ("image", 2, 1, 5)],
+    ("modality", "field", "item", "row", "first_changed"),
+    [
+        ("audio", "hidden_states", 1, 1, 1),
+        ("audio", "pooled", 1, 1, 1),
+        ("image", "hidden_states", 0, 0, 2),
+        ("image", "hidden_states", 2, 1, 5),
+    ],
 )
-def test_each_item_reaches_exactly_the_tokens_after_its_placeholder(modality, item, row, first_changed):
+def test_each_item_reaches_exactly_the_tokens_after_its_placeholder(modality, field, item, row, first_changed):
     """Items are matched to placeholders in row-major order within each modality; in "latest" mode
-    row 1's tokens 1-3 read the audio, token 4 the first image, tokens 5-7 the second image."""
+    row 1's tokens 1-3 read the audio, token 4 the first image, tokens 5-7 the second image. The
+    audio adapter also reads each clip's pooled embedding, which must follow its clip the same way."""
     fused, _ = _fused(attend="latest", gates=0.5)
     media = _media(0)
-    changed = media[modality].hidden_states.clone()
-    changed[item] += 1.0
-    other = {**media, modality: EncoderOutput(changed, media[modality].attention_mask)}
+    changed = getattr(media[modality], field).clone()
+    changed[item] += torch.linspace(0.0, 1.0, changed.shape[-1], dtype=changed.dtype)  # not a shift (LayerNorm)
+    other = {**media, modality: dataclasses.replace(media[modality], **{field: changed})}
     with torch.no_grad():
         a = fused(input_ids=INPUT_IDS, media=media).logits
         b = fused(input_ids=INPUT_IDS, media=other).logits
@@ -215,6 +226,32 @@ def test_resampler_ignores_padding_and_embeds_frame_time():
         assert not torch.allclose(resampler(swapped, mask).hidden_states, out)
     with pytest.raises(ValueError, match="time embeddings for 4"):
         resampler(torch.randn(1, 5, 2, 6))
+
+
+@pytest.mark.parametrize("adapter", ["projector", "resampler"])
+def test_pooled_token_comes_first_and_reads_only_the_pooled_embedding(adapter):
+    torch.manual_seed(0)
+    make = {
+        "projector": lambda pooled_dim: MediaProjector(6, 8, pooled_dim=pooled_dim),
+        "resampler": lambda pooled_dim: PerceiverResampler(
+            6, 8, depth=1, num_latents=3, num_heads=2, head_dim=4, pooled_dim=pooled_dim
+        ),
+    }[adapter]
+    with_pooled = make(5).eval()
+    without = make(None).eval()
+    without.load_state_dict(with_pooled.state_dict(), strict=False)  # same weights but the pooled MLP
+    hidden_states, pooled = torch.randn(2, 4, 6), torch.randn(2, 5)
+    mask = torch.tensor([[True] * 4, [True, True, False, False]]) if adapter == "projector" else None
+    with torch.no_grad():
+        out = with_pooled(hidden_states, mask, pooled)
+        other = with_pooled(hidden_states + 1.0, mask, pooled)  # new tokens, same pooled embedding
+        torch.testing.assert_close(out.hidden_states[:, 1:], without(hidden_states, mask).hidden_states)
+        torch.testing.assert_close(other.hidden_states[:, 0], out.hidden_states[:, 0])
+        torch.testing.assert_close(out.hidden_states[:, 0], with_pooled.pooled.mlp(pooled))
+    if mask is not None:
+        assert torch.equal(out.attention_mask, torch.cat([torch.ones(2, 1, dtype=torch.bool), mask], dim=1))
+    with pytest.raises(ValueError, match="reads the pooled embedding"):
+        with_pooled(hidden_states, mask)
 
 
 def test_placeholders_and_media_must_agree():

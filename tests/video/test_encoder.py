@@ -33,6 +33,7 @@ def test_shapes(tokens, s, d):
     assert out.hidden_states.shape == (3, 6 * s, d)
     assert out.attention_mask.tolist()[1] == [True] * (2 * s) + [False] * (4 * s)
     assert encoder(x, mask).shape == (3, 20)
+    torch.testing.assert_close(out.pooled, encoder(x, mask))  # fusion reads the aligned embedding too
     assert (encoder.hidden_size, encoder.embed_dim) == (d, 20)
     assert VideoEncoder(frame_tower(), tokens=tokens).embed_dim == d  # no projection
 

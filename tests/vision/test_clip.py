@@ -25,11 +25,14 @@ def test_towers_equal_open_clip_clip_with_the_same_weights():
 
 def test_features_shapes_and_text_mask():
     vision = OpenClipVisionEncoder(embed_dim=EMBED, vision_cfg=VISION)
-    features = vision.forward_features(pixel_values=torch.randn(2, 3, 16, 16))
+    pixel_values = torch.randn(2, 3, 16, 16)
+    features = vision.forward_features(pixel_values=pixel_values)
     assert features.hidden_states.shape == (2, 4, 32)  # (16 / 8)^2 patches, CLS pooled away
+    assert torch.equal(features.pooled, vision(pixel_values=pixel_values))  # fusion reads it too
     text = OpenClipTextEncoder(embed_dim=EMBED, text_cfg=TEXT)
     input_ids = open_clip.get_tokenizer("ViT-B-32", context_length=12)(["a cat"])
     out = text.forward_features(input_ids=input_ids)
+    assert torch.equal(out.pooled, text(input_ids=input_ids))
     assert out.hidden_states.shape == (1, 12, 32)
     assert out.attention_mask.tolist() == [[True] * 4 + [False] * 8]  # <sot> a cat <eot>
 

@@ -73,13 +73,15 @@ class AudioEncoder(MediaEncoder):
     def forward_features(
         self, input_features: Tensor, feature_attention_mask: Tensor | None = None
     ) -> EncoderOutput:
-        """``[b, m, f]`` float (+ ``[b, f]`` bool) -> hidden states ``[b, ceil(f / 2), d]`` and mask."""
-        return self.encoder(input_features, feature_attention_mask)
+        """``[b, m, f]`` float (+ ``[b, f]`` bool) -> hidden states ``[b, ceil(f / 2), d]``, their mask
+        and ``pooled`` ``[b, e]``, the projected mean of the real tokens."""
+        out = self.encoder(input_features, feature_attention_mask)
+        out.pooled = self.projection(masked_mean_pool(out.hidden_states, out.attention_mask))
+        return out
 
     def forward(self, input_features: Tensor, feature_attention_mask: Tensor | None = None) -> Tensor:
         """``[b, m, f]`` float (+ ``[b, f]`` bool) -> ``[b, e]``: projected mean of the real tokens."""
-        out = self.forward_features(input_features, feature_attention_mask)
-        return self.projection(masked_mean_pool(out.hidden_states, out.attention_mask))
+        return self.forward_features(input_features, feature_attention_mask).pooled
 
 
 def _load_whisper_encoder(encoder: MelTransformer, name: str, sizes: dict[str, int]) -> None:

@@ -21,10 +21,13 @@ class EncoderOutput:
     Attributes:
         hidden_states: ``[b, s_e, d]`` in the tower's compute dtype.
         attention_mask: ``[b, s_e]`` bool, True for real tokens; None when every token is real.
+        pooled: ``[b, e]`` the tower's pooled, projected embedding (what ``forward`` returns, the one
+            contrastive alignment trained), when the tower computes it along the way; else None.
     """
 
     hidden_states: Tensor
     attention_mask: Tensor | None = None
+    pooled: Tensor | None = None
 
 
 class MediaEncoder(nn.Module):
@@ -44,7 +47,7 @@ class MediaEncoder(nn.Module):
     embed_dim: int
 
     def forward_features(self, **inputs: Tensor) -> EncoderOutput:
-        """Per-token hidden states ``[b, s_e, d]`` (and a mask) for cross-attention fusion."""
+        """Per-token hidden states ``[b, s_e, d]`` (and a mask, and the pooled ``[b, e]``) for fusion."""
         raise NotImplementedError
 
     def forward(self, **inputs: Tensor) -> Tensor:

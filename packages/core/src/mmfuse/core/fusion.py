@@ -4,7 +4,8 @@ Alayrac et al. 2022, "Flamingo" (Sec. 2.1-2.2, Appendix A.1.1-A.1.2), as built b
 
 * an adapter per modality turns encoder hidden states into media tokens of width ``media_dim``:
   :class:`PerceiverResampler` (a fixed number of learned latents per item, time embeddings for
-  frames) or :class:`MediaProjector` (one token per encoder token, LLaVA-style MLP);
+  frames) or :class:`MediaProjector` (one token per encoder token, LLaVA-style MLP); either can
+  add the tower's pooled embedding as one more token (:class:`PooledToken`);
 * :class:`MaskedCrossAttention`: each text token attends to the media items whose placeholder token
   is at or before it in its own sequence (the latest item, or all of them); a token before any
   item gets exactly zero;
@@ -81,23 +82,69 @@ def _flatten_frames(hidden_states: Tensor, attention_mask: Tensor | None) -> tup
     return hidden_states.flatten(1, 2), None if attention_mask is None else attention_mask.flatten(1, 2)
 
 
+def _mlp(in_dim: int, out_dim: int, depth: int) -> nn.Sequential:
+    """``depth`` Linear layers with GELU between them: ``[..., in_dim] -> [..., out_dim]``."""
+    layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
+    for _ in range(depth - 1):
+        layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
+    return nn.Sequential(*layers)
+
+
+class PooledToken(nn.Module):
+    """The tower's pooled embedding ``[n, e]`` as one more media token, placed first in each item.
+
+    The pooled embedding is what contrastive alignment shaped to name the item; the per-token states
+    only feed it. A frozen, aligned tower's pooled embedding separates the embedded digits far better
+    than a cross-attention over its patch tokens learns to within the SFT budget (closing note of
+    issue 6), so the fused LM reads both. LayerNorm (the pooled embedding is unnormalised), then a
+    Linear-GELU-Linear MLP.
+
+    Args:
+        pooled_dim: the tower's ``embed_dim`` ``e``.
+        media_dim: media token width.
+    """
+
+    def __init__(self, pooled_dim: int, media_dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.LayerNorm(pooled_dim), *_mlp(pooled_dim, media_dim, depth=2))
+
+    def forward(self, media: EncoderOutput, pooled: Tensor | None) -> EncoderOutput:
+        """Tokens ``[n, m, media_dim]`` (mask ``[n, m]``) -> ``[n, 1 + m, media_dim]`` (``[n, 1 + m]``).
+
+        Raises:
+            ValueError: ``pooled`` is None (the tower's ``forward_features`` gives no pooled embedding).
+        """
+        if pooled is None:
+            raise ValueError(
+                "this adapter reads the pooled embedding, but the tower gave none (EncoderOutput.pooled)"
+            )
+        token = self.mlp(pooled)[:, None].to(media.hidden_states.dtype)  # [n, e] -> [n, 1, media_dim]
+        mask = media.attention_mask
+        return EncoderOutput(
+            torch.cat([token, media.hidden_states], dim=1),
+            None if mask is None else F.pad(mask, (1, 0), value=True),
+        )
+
+
 class MediaProjector(nn.Module):
     """Per-token adapter: encoder tokens ``[n, s_e, d_enc]`` -> media tokens ``[n, s_e, media_dim]``.
 
     ``depth`` Linear layers with GELU between them (LLaVA-1.5's projector is ``depth=2``). Frames
     ``[n, t, s_e, d_enc]`` are flattened to ``t * s_e`` tokens; the encoder's mask passes through.
+    With ``pooled_dim``, the pooled embedding becomes one more token first (:class:`PooledToken`).
     """
 
-    def __init__(self, in_dim: int, media_dim: int, depth: int = 2) -> None:
+    def __init__(self, in_dim: int, media_dim: int, depth: int = 2, pooled_dim: int | None = None) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Linear(in_dim, media_dim)]
-        for _ in range(depth - 1):
-            layers += [nn.GELU(), nn.Linear(media_dim, media_dim)]
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = _mlp(in_dim, media_dim, depth)
+        self.pooled = PooledToken(pooled_dim, media_dim) if pooled_dim else None
 
-    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> EncoderOutput:
+    def forward(
+        self, hidden_states: Tensor, attention_mask: Tensor | None = None, pooled: Tensor | None = None
+    ) -> EncoderOutput:
         hidden_states, attention_mask = _flatten_frames(hidden_states, attention_mask)
-        return EncoderOutput(self.mlp(hidden_states), attention_mask)
+        out = EncoderOutput(self.mlp(hidden_states), attention_mask)
+        return out if self.pooled is None else self.pooled(out, pooled)
 
 
 class PerceiverAttention(nn.Module):
@@ -144,6 +191,8 @@ class PerceiverResampler(nn.Module):
         ff_mult: feed-forward expansion.
         max_frames: number of time embeddings; None accepts no ``[n, t, s_e, d_enc]`` input.
         backend: attention backend for the latents' attention.
+        pooled_dim: the tower's ``embed_dim``: its pooled embedding becomes one more output token,
+            first (:class:`PooledToken`); None: ``num_latents`` tokens only.
     """
 
     def __init__(
@@ -158,8 +207,10 @@ class PerceiverResampler(nn.Module):
         ff_mult: int = 4,
         max_frames: int | None = None,
         backend: Backend = "auto",
+        pooled_dim: int | None = None,
     ) -> None:
         super().__init__()
+        self.pooled = PooledToken(pooled_dim, media_dim) if pooled_dim else None
         self.proj_in = nn.Linear(in_dim, media_dim) if in_dim != media_dim else nn.Identity()
         self.latents = nn.Parameter(torch.randn(num_latents, media_dim))
         self.frame_embeddings = nn.Parameter(torch.randn(max_frames, media_dim)) if max_frames else None
@@ -171,15 +222,18 @@ class PerceiverResampler(nn.Module):
         )
         self.norm = nn.LayerNorm(media_dim)
 
-    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> EncoderOutput:
+    def forward(
+        self, hidden_states: Tensor, attention_mask: Tensor | None = None, pooled: Tensor | None = None
+    ) -> EncoderOutput:
         """Resample one batch of items.
 
         Args:
             hidden_states: ``[n, s_e, d_enc]``, or ``[n, t, s_e, d_enc]`` for ``t`` frames.
             attention_mask: bool, True for real tokens, shaped as ``hidden_states`` without ``d_enc``.
+            pooled: ``[n, e]`` the tower's pooled embedding; read only with ``pooled_dim``.
 
         Returns:
-            ``[n, num_latents, media_dim]`` tokens, no mask (every latent is real).
+            ``[n, num_latents, media_dim]`` tokens (``1 + num_latents`` with ``pooled_dim``), no mask.
 
         Raises:
             ValueError: frames given without ``max_frames``, or more frames than ``max_frames``.
@@ -196,7 +250,8 @@ class PerceiverResampler(nn.Module):
         for attn, ff in self.layers:
             latents = latents + attn(media, latents, attention_mask)
             latents = latents + ff(latents)
-        return EncoderOutput(self.norm(latents))
+        out = EncoderOutput(self.norm(latents))
+        return out if self.pooled is None else self.pooled(out, pooled)
 
 
 @dataclass
@@ -375,9 +430,9 @@ class FusedCausalLM(nn.Module):
     Args:
         lm: a causal LM with ``get_input_embeddings()``, ``generate()`` and its decoder layers in an
             ``nn.ModuleList``; called with keyword arguments only.
-        adapters: modality name -> module mapping ``(hidden_states, attention_mask)`` to an
-            :class:`EncoderOutput` of width ``media_dim`` (:class:`PerceiverResampler`,
-            :class:`MediaProjector`).
+        adapters: modality name -> module mapping ``(hidden_states, attention_mask, pooled)`` (the
+            fields of the tower's :class:`EncoderOutput`) to an :class:`EncoderOutput` of width
+            ``media_dim`` (:class:`PerceiverResampler`, :class:`MediaProjector`).
         media_token_ids: modality name -> its placeholder token id in ``input_ids``.
         cross_attn_every_n_layers: spacing of the blocks.
         layers_path: dotted attribute path of the decoder layers, e.g. ``"model.layers"``.
@@ -519,7 +574,9 @@ class FusedCausalLM(nn.Module):
             items = torch.nonzero(item_modality == code).flatten()
             if not len(items):
                 continue
-            out = self.adapters[name](media[name].hidden_states, media[name].attention_mask)
+            out = self.adapters[name](
+                media[name].hidden_states, media[name].attention_mask, media[name].pooled
+            )
             mask = out.attention_mask
             if mask is None:
                 mask = out.hidden_states.new_ones(out.hidden_states.shape[:2], dtype=torch.bool)
@@ -560,4 +617,5 @@ __all__ = [
     "MediaProjector",
     "PerceiverAttention",
     "PerceiverResampler",
+    "PooledToken",
 ]

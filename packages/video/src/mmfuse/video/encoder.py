@@ -105,7 +105,8 @@ class VideoEncoder(MediaEncoder):
         return self.frame_encoder.forward_features(**inputs).hidden_states
 
     def forward_features(self, pixel_values_videos: Tensor, frame_mask: Tensor) -> EncoderOutput:
-        """``[b, t, c, h, w]`` and ``[b, t]`` bool -> ``[b, t * s, d]`` and ``[b, t * s]`` bool."""
+        """``[b, t, c, h, w]`` and ``[b, t]`` bool -> ``[b, t * s, d]``, ``[b, t * s]`` bool and the
+        clip embedding ``pooled`` ``[b, e]`` (projected mean of the real tokens)."""
         b, t = frame_mask.shape
         with self._tubes(frame_mask.sum(dim=1)):
             tokens = self._frame_tokens(pixel_values_videos[frame_mask])  # [n, s, d], clip-major order
@@ -117,12 +118,13 @@ class VideoEncoder(MediaEncoder):
             mixed = self.temporal(sequences, frame_mask.repeat_interleave(s, dim=0))  # mask [b * s, t]
             grid = mixed.view(b, s, t, d).transpose(1, 2)  # [b * s, t, d] -> [b, t, s, d]
         attention_mask = frame_mask[:, :, None].expand(b, t, s).reshape(b, t * s)
-        return EncoderOutput(hidden_states=grid.reshape(b, t * s, d), attention_mask=attention_mask)
+        hidden_states = grid.reshape(b, t * s, d)
+        pooled = self.proj(masked_mean_pool(hidden_states, attention_mask))
+        return EncoderOutput(hidden_states, attention_mask, pooled)
 
     def forward(self, pixel_values_videos: Tensor, frame_mask: Tensor) -> Tensor:
         """``[b, t, c, h, w]`` and ``[b, t]`` bool -> ``[b, e]`` clip embeddings (not normalised)."""
-        features = self.forward_features(pixel_values_videos, frame_mask)
-        return self.proj(masked_mean_pool(features.hidden_states, features.attention_mask))
+        return self.forward_features(pixel_values_videos, frame_mask).pooled
 
 
 __all__ = ["VideoEncoder"]

@@ -18,7 +18,9 @@ from torch import Tensor
 from mmfuse.core.encoders import EncoderOutput, MediaEncoder
 
 
-def _resolve(model_name: str | None, tower_key: str, cfg: dict | None, embed_dim: int | None) -> tuple[int, dict]:
+def _resolve(
+    model_name: str | None, tower_key: str, cfg: dict | None, embed_dim: int | None
+) -> tuple[int, dict]:
     if model_name is None:
         if cfg is None or embed_dim is None:
             raise ValueError(f"give model_name, or both embed_dim and {tower_key}")
@@ -73,8 +75,8 @@ class OpenClipVisionEncoder(MediaEncoder):
         return pooled
 
     def forward_features(self, pixel_values: Tensor) -> EncoderOutput:
-        _, tokens = self.visual(pixel_values)
-        return EncoderOutput(hidden_states=tokens)
+        pooled, tokens = self.visual(pixel_values)
+        return EncoderOutput(hidden_states=tokens, pooled=pooled)
 
 
 class OpenClipTextEncoder(MediaEncoder):
@@ -107,7 +109,9 @@ class OpenClipTextEncoder(MediaEncoder):
         self.hidden_size = cfg.get("width", 512)
         self.pad_id = self.text.pad_id
         if pretrained:
-            state = _pretrained_state(model_name, pretrained, lambda k: not k.startswith(("visual.", "logit_")))
+            state = _pretrained_state(
+                model_name, pretrained, lambda k: not k.startswith(("visual.", "logit_"))
+            )
             self.text.load_state_dict(state, strict=False)
 
     def forward(self, input_ids: Tensor) -> Tensor:
@@ -115,5 +119,5 @@ class OpenClipTextEncoder(MediaEncoder):
         return pooled
 
     def forward_features(self, input_ids: Tensor) -> EncoderOutput:
-        _, tokens = self.text(input_ids)
-        return EncoderOutput(hidden_states=tokens, attention_mask=input_ids != self.pad_id)
+        pooled, tokens = self.text(input_ids)
+        return EncoderOutput(hidden_states=tokens, attention_mask=input_ids != self.pad_id, pooled=pooled)

@@ -81,6 +81,8 @@ class InstructionTuning(L.LightningModule):
         adapter: ``"projector"`` (one media token per encoder token) or ``"resampler"``
             (``num_latents`` tokens per item).
         num_latents: resampler output tokens per item.
+        pooled_token: the adapters add each tower's pooled embedding (``EncoderOutput.pooled``, the
+            one alignment trained) as one more media token (:class:`~mmfuse.core.fusion.PooledToken`).
         cross_attn_every_n_layers: spacing of the gated cross-attention blocks.
         layers_path: attribute path of the LM's decoder layers.
         num_heads: cross-attention (and resampler) heads.
@@ -110,6 +112,7 @@ class InstructionTuning(L.LightningModule):
         encoder_checkpoints: dict[str, str | None] | None = None,
         adapter: Literal["projector", "resampler"] = "projector",
         num_latents: int = 16,
+        pooled_token: bool = True,
         cross_attn_every_n_layers: int = 2,
         layers_path: str = "model.layers",
         num_heads: int = 4,
@@ -140,7 +143,7 @@ class InstructionTuning(L.LightningModule):
         if lora is not None:
             language_model = peft.inject_adapter_in_model(peft.LoraConfig(**lora), language_model)
         width = language_model.get_input_embeddings().embedding_dim
-        adapters = {m: self._adapter(tower.hidden_size, width) for m, tower in self.encoders.items()}
+        adapters = {m: self._adapter(tower, width) for m, tower in self.encoders.items()}
         self.fused = FusedCausalLM(
             language_model, adapters,
             {m: self.tokenizer.convert_tokens_to_ids(media_token(m)) for m in adapters},
@@ -149,13 +152,15 @@ class InstructionTuning(L.LightningModule):
         )  # fmt: skip
         self._freeze(freeze or [], lora is not None)
 
-    def _adapter(self, in_dim: int, width: int) -> nn.Module:
+    def _adapter(self, tower: MediaEncoder, width: int) -> nn.Module:
         hp = self.hparams
+        pooled_dim = tower.embed_dim if hp.pooled_token else None
         if hp.adapter == "projector":
-            return MediaProjector(in_dim, width)
+            return MediaProjector(tower.hidden_size, width, pooled_dim=pooled_dim)
         return PerceiverResampler(
-            in_dim, width, depth=2, num_latents=hp.num_latents, num_heads=hp.num_heads, head_dim=hp.head_dim
-        )
+            tower.hidden_size, width, depth=2, num_latents=hp.num_latents, num_heads=hp.num_heads,
+            head_dim=hp.head_dim, pooled_dim=pooled_dim,
+        )  # fmt: skip
 
     def _freeze(self, parts: list[str], lora: bool) -> None:
         unknown = set(parts) - {"lm", "encoders", "fusion"}
