@@ -1,5 +1,6 @@
 """GenerationEval's figures, and its cross-rank merge (the counts of two ranks = one process)."""
 
+import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -16,9 +17,7 @@ TOKENIZER = str(Path(__file__).resolve().parents[2] / "data" / "tokenizer")
 
 def _observe(callback: GenerationEval, answers: list[tuple[str, str, str]], nll: float, tokens: int) -> None:
     for kind, answer, reference in answers:
-        callback.asked[kind] += 1
-        callback.correct[kind] += answer == reference
-        callback.references[kind][reference] += 1
+        callback.record(kind, "Q?", reference, f" {answer}\n")  # surrounding whitespace does not count
     callback.nll += nll
     callback.tokens += tokens
 
@@ -50,6 +49,17 @@ def test_merged_ranks_equal_one_process():
     merged.merge([rank0.state(), rank1.state()])
     assert merged.metrics() == whole.metrics()
     assert merged.references["image/digit"] == Counter({"3": 2, "7": 1})
+    assert merged.answers == whole.answers
+
+
+def test_answers_file_lists_every_answer(tmp_path):
+    callback = GenerationEval()
+    _observe(callback, ANSWERS, nll=12.0, tokens=6)
+    callback.write_answers(tmp_path / "answers.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert [(a["kind"], a["answer"], a["reference"]) for a in lines] == ANSWERS
+    assert [a["correct"] for a in lines] == [True, False, True, True, False, True]
+    assert {a["question"] for a in lines} == {"Q?"}
 
 
 def test_every_assistant_turn_is_a_question_and_missing_kinds_count_as_chat():
@@ -60,6 +70,6 @@ def test_every_assistant_turn_is_a_question_and_missing_kinds_count_as_chat():
     tokenizer = load_tokenizer(TOKENIZER)
     empty = torch.zeros(0, dtype=torch.int64)
     prompts = answer_prompts(ChatExample(empty, empty, [], messages), tokenizer)
-    assert [(kind, reference) for _, _, kind, reference in prompts] == [("chat", "hello"), ("chat", "bye")]
+    assert [p[2:] for p in prompts] == [("chat", "hello", "Hi"), ("chat", "bye", "Again")]
     second_prompt = tokenizer.decode(prompts[1][0])
     assert "hello" in second_prompt and "bye" not in second_prompt

@@ -12,6 +12,10 @@ each validation epoch:
   baseline);
 * ``val/perplexity``: ``exp(sum NLL / target tokens)`` over every validation target token.
 
+Every answer is also written, one JSON object per line (``kind``, ``question``, ``reference``,
+``answer``, ``correct``), to ``answers-epoch=<epoch>.jsonl`` in the trainer's log directory (as
+lm-evaluation-harness's ``--log_samples``), so wrong answers can be read, not only counted.
+
 With several ranks, each answers the questions of its own validation shard and the counts are
 gathered (``torch.distributed.all_gather_object``) before the figures are computed, so every rank
 logs the figures of the whole validation set.
@@ -19,7 +23,9 @@ logs the figures of the whole validation set.
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -31,8 +37,10 @@ from mmfuse.core.text import content_text, media_order, tokenize_chat
 from mmfuse.training.data.chat import ChatExample, collate_media
 
 
-def answer_prompts(example: ChatExample, tokenizer: Any) -> list[tuple[Tensor, list, str, str]]:
-    """``(prompt_ids [s], the prompt's media parts, kind, reference)`` for each assistant turn.
+def answer_prompts(example: ChatExample, tokenizer: Any) -> list[tuple[Tensor, list, str, str, str]]:
+    """``(prompt_ids [s], the prompt's media parts, kind, reference, question)`` per assistant turn.
+
+    ``question`` is the text of the user turn before the answer.
 
     A conversation without ``kinds`` (e.g. a JSONL record that has none) counts as kind ``"chat"``.
     """
@@ -42,7 +50,8 @@ def answer_prompts(example: ChatExample, tokenizer: Any) -> list[tuple[Tensor, l
         before = example.messages[:turn]
         ids = tokenize_chat(tokenizer, before, add_generation_prompt=True).input_ids
         media = example.media[: len(media_order(before))]
-        prompts.append((ids, media, kind, content_text(example.messages[turn]["content"]).strip()))
+        reference = content_text(example.messages[turn]["content"]).strip()
+        prompts.append((ids, media, kind, reference, content_text(before[-1]["content"]).strip()))
     return prompts
 
 
@@ -73,6 +82,7 @@ class GenerationEval(Callback):
         self.correct: Counter[str] = Counter()
         self.asked: Counter[str] = Counter()
         self.references: dict[str, Counter[str]] = defaultdict(Counter)
+        self.answers: list[dict[str, Any]] = []
         self.nll, self.tokens = 0.0, 0
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -104,15 +114,22 @@ class GenerationEval(Callback):
             input_ids.to(device), attention_mask.to(device), media, self.max_new_tokens
         )
         answers = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-        for (_, _, kind, reference), answer in zip(prompts, answers, strict=True):
-            self.asked[kind] += 1
-            self.correct[kind] += answer.strip() == reference
-            self.references[kind][reference] += 1
+        for (_, _, kind, reference, question), answer in zip(prompts, answers, strict=True):
+            self.record(kind, question, reference, answer)
+
+    def record(self, kind: str, question: str, reference: str, answer: str) -> None:
+        """Count one greedy ``answer`` (surrounding whitespace stripped) against its ``reference``."""
+        answer = answer.strip()
+        self.asked[kind] += 1
+        self.correct[kind] += answer == reference
+        self.references[kind][reference] += 1
+        self.answers.append({"kind": kind, "question": question, "reference": reference,
+                             "answer": answer, "correct": answer == reference})  # fmt: skip
 
     def state(self) -> dict[str, Any]:
-        """This process's counts: ``correct``, ``asked``, ``references``, ``nll``, ``tokens``."""
+        """This process's counts: ``correct``, ``asked``, ``references``, ``answers``, ``nll``, ``tokens``."""
         return {"correct": self.correct, "asked": self.asked, "references": self.references,
-                "nll": self.nll, "tokens": self.tokens}  # fmt: skip
+                "answers": self.answers, "nll": self.nll, "tokens": self.tokens}  # fmt: skip
 
     def merge(self, states: list[dict[str, Any]]) -> None:
         """Replace the counts with the sums of ``states`` (one per rank)."""
@@ -122,6 +139,7 @@ class GenerationEval(Callback):
             self.asked.update(state["asked"])
             for kind, references in state["references"].items():
                 self.references[kind].update(references)
+            self.answers += state["answers"]
             self.nll += state["nll"]
             self.tokens += state["tokens"]
 
@@ -131,6 +149,13 @@ class GenerationEval(Callback):
             torch.distributed.all_gather_object(states, self.state())
             self.merge(states)
         pl_module.log_dict(self.metrics())
+        if trainer.is_global_zero and trainer.log_dir is not None and self.answers:
+            self.write_answers(Path(trainer.log_dir) / f"answers-epoch={trainer.current_epoch}.jsonl")
+
+    def write_answers(self, path: Path) -> None:
+        """Every recorded answer as a JSON line (module docstring)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in self.answers))
 
     def metrics(self) -> dict[str, float]:
         """The figures of the module docstring from the current counts."""
