@@ -32,7 +32,9 @@ CONFIG = "training/configs/align/image_text.yaml"
 
 
 def load_batches(batch_size: int, n: int, image_size: int, context_length: int) -> list[dict]:
-    decode = PairDecoder(ImageTransform(image_size), open_clip.get_tokenizer("ViT-B-32", context_length=context_length))
+    decode = PairDecoder(
+        ImageTransform(image_size), open_clip.get_tokenizer("ViT-B-32", context_length=context_length)
+    )
     urls = expand_urls("data/image_text/train-{000000..000003}.tar.gz")
     stream = ShardedStream(urls, decode, batch_size=batch_size, train=True, repeat=True)
     return list(EpochLoader(stream, num_batches=n, num_workers=0))
@@ -50,10 +52,14 @@ def main() -> None:
     vision = cfg["media_encoder"]["init_args"]
     text = cfg["text_encoder"]["init_args"]
     embed_dim = vision["embed_dim"]
-    batches = load_batches(args.batch_size, 8, vision["vision_cfg"]["image_size"], text["text_cfg"]["context_length"])
+    batches = load_batches(
+        args.batch_size, 8, vision["vision_cfg"]["image_size"], text["text_cfg"]["context_length"]
+    )
 
     torch.manual_seed(0)
-    ours = ContrastiveAlignment(OpenClipVisionEncoder(**vision), OpenClipTextEncoder(**text), positives=cfg["positives"])
+    ours = ContrastiveAlignment(
+        OpenClipVisionEncoder(**vision), OpenClipTextEncoder(**text), positives=cfg["positives"]
+    )
     torch.manual_seed(0)
     theirs = open_clip.CLIP(embed_dim, vision["vision_cfg"], text["text_cfg"])
     theirs_loss = open_clip.ClipLoss()
@@ -61,7 +67,9 @@ def main() -> None:
     opt_ours = torch.optim.AdamW(adamw_param_groups(ours, 0.1), **hyper)
     opt_theirs = torch.optim.AdamW(adamw_param_groups(theirs, 0.1), **hyper)
     autocast = (
-        (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.precision == "bf16" else contextlib.nullcontext
+        (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+        if args.precision == "bf16"
+        else contextlib.nullcontext
     )
 
     def step_ours(batch: dict) -> None:

@@ -43,6 +43,13 @@ def color_shards(root: Path, num_shards: int, per_shard: int, corrupt: set[str] 
             name = names[(s * per_shard + i) % len(names)]
             image = b"not an image" if key in corrupt else png_bytes(COLORS[name])
             meta = {"source": "colors", "label": name}
-            samples.append({"__key__": key, "png": image, "txt": f"a {name} square".encode(), "json": json.dumps(meta).encode()})
+            samples.append(
+                {
+                    "__key__": key,
+                    "png": image,
+                    "txt": f"a {name} square".encode(),
+                    "json": json.dumps(meta).encode(),
+                }
+            )
         write_shard(root / f"train-{s:06d}.tar", samples)
     return str(root / f"train-{{000000..{num_shards - 1:06d}}}.tar")

@@ -43,7 +43,8 @@ def test_group_ids_make_duplicate_captions_mutual_positives():
     logits = 3.0 * x @ y.T
     targets = torch.tensor([[0.5, 0.5, 0], [0.5, 0.5, 0], [0, 0, 1.0]])
     expected = (
-        -(targets * logits.log_softmax(-1)).sum(-1).mean() - (targets * logits.T.log_softmax(-1)).sum(-1).mean()
+        -(targets * logits.log_softmax(-1)).sum(-1).mean()
+        - (targets * logits.T.log_softmax(-1)).sum(-1).mean()
     ) / 2
     torch.testing.assert_close(clip_loss(x, y, 3.0, group_ids=ids), expected)
     # without duplicates the groups change nothing

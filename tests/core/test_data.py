@@ -46,7 +46,9 @@ def test_assign_shards_is_an_exact_partition(world_size, num_workers):
 
 def test_shard_order_changes_between_epochs_and_is_seeded():
     urls = [f"shard-{i}" for i in range(8)]
-    order = lambda seed, epoch: assign_shards(urls, seed=seed, epoch=epoch, rank=0, world_size=1, worker=0, num_workers=1)
+    order = lambda seed, epoch: assign_shards(
+        urls, seed=seed, epoch=epoch, rank=0, world_size=1, worker=0, num_workers=1
+    )
     assert order(0, 0) == order(0, 0)
     assert order(0, 0) != order(0, 1)
     assert order(0, 0) != order(1, 0)
@@ -102,7 +104,10 @@ def test_epoch_length_is_exact_and_order_changes(tmp_path, decode, num_workers):
 def test_loader_state_resumes_mid_epoch(tmp_path, decode):
     urls = expand_urls(color_shards(tmp_path, 4, 10))
     make = lambda: EpochLoader(
-        ShardedStream(urls, decode, batch_size=4, train=True, seed=1, repeat=True), num_batches=8, num_workers=0, seed=1
+        ShardedStream(urls, decode, batch_size=4, train=True, seed=1, repeat=True),
+        num_batches=8,
+        num_workers=0,
+        seed=1,
     )
     full = [b["__key__"] for b in make()]
     loader = make()

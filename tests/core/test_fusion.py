@@ -110,14 +110,18 @@ def test_tokens_before_the_first_media_ignore_the_media(attend):
         ("image", "hidden_states", 2, 1, 5),
     ],
 )
-def test_each_item_reaches_exactly_the_tokens_after_its_placeholder(modality, field, item, row, first_changed):
+def test_each_item_reaches_exactly_the_tokens_after_its_placeholder(
+    modality, field, item, row, first_changed
+):
     """Items are matched to placeholders in row-major order within each modality; in "latest" mode
     row 1's tokens 1-3 read the audio, token 4 the first image, tokens 5-7 the second image. The
     audio adapter also reads each clip's pooled embedding, which must follow its clip the same way."""
     fused, _ = _fused(attend="latest", gates=0.5)
     media = _media(0)
     changed = getattr(media[modality], field).clone()
-    changed[item] += torch.linspace(0.0, 1.0, changed.shape[-1], dtype=changed.dtype)  # not a shift (LayerNorm)
+    changed[item] += torch.linspace(
+        0.0, 1.0, changed.shape[-1], dtype=changed.dtype
+    )  # not a shift (LayerNorm)
     other = {**media, modality: dataclasses.replace(media[modality], **{field: changed})}
     with torch.no_grad():
         a = fused(input_ids=INPUT_IDS, media=media).logits

@@ -45,7 +45,10 @@ def test_temperature_init_clamp_and_no_weight_decay():
     assert not any(p is stage.logit_scale for p in decay["params"])
     assert all(p.ndim >= 2 for p in decay["params"])
     siglip = _tiny_stage(loss="siglip")
-    assert math.isclose(siglip.logit_scale.exp().item(), 10.0, rel_tol=1e-6) and siglip.logit_bias.item() == -10.0
+    assert (
+        math.isclose(siglip.logit_scale.exp().item(), 10.0, rel_tol=1e-6)
+        and siglip.logit_bias.item() == -10.0
+    )
 
 
 def test_warmup_cosine_schedule_values():

@@ -14,7 +14,9 @@ def test_towers_equal_open_clip_clip_with_the_same_weights():
     vision = OpenClipVisionEncoder(embed_dim=EMBED, vision_cfg=VISION).eval()
     text = OpenClipTextEncoder(embed_dim=EMBED, text_cfg=TEXT).eval()
     state = reference.state_dict()
-    vision.visual.load_state_dict({k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")})
+    vision.visual.load_state_dict(
+        {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    )
     text.text.load_state_dict({k: v for k, v in state.items() if not k.startswith(("visual.", "logit_"))})
     pixel_values = torch.randn(3, 3, 16, 16)
     input_ids = open_clip.get_tokenizer("ViT-B-32", context_length=12)(["a cat", "a dog on a mat", "x"])

@@ -18,7 +18,10 @@ def test_eval_transform_shape_and_normalised_values():
     data = _png(Image.new("RGB", (40, 20), (255, 0, 128)))
     pixel_values = ImageTransform(image_size=16)(data, train=False)["pixel_values"]
     assert pixel_values.shape == (3, 16, 16) and pixel_values.dtype == torch.float32
-    expected = [(v / 255 - m) / s for v, m, s in zip((255, 0, 128), OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)]
+    expected = [
+        (v / 255 - m) / s
+        for v, m, s in zip((255, 0, 128), OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, strict=True)
+    ]
     torch.testing.assert_close(pixel_values.mean(dim=(1, 2)), torch.tensor(expected), atol=2e-3, rtol=0)
 
 

@@ -16,8 +16,9 @@ class LogMelSpectrogram(nn.Module):
     """Whisper's normalised log-mel spectrogram, computed with ``torchaudio.transforms``.
 
     Power STFT (periodic Hann window, centred frames with reflect padding) -> Slaney-scale,
-    Slaney-normalised mel filter bank from ``f_min`` to ``f_max`` (Whisper: 0 Hz to Nyquist) -> ``log10(max(mel, 1e-10))``, floored
-    at the clip's maximum minus 8 (80 dB of dynamic range) -> ``(x + 4) / 4``. The last STFT frame
+    Slaney-normalised mel filter bank from ``f_min`` to ``f_max`` (Whisper: 0 Hz to Nyquist)
+    -> ``log10(max(mel, 1e-10))``, floored at the clip's maximum minus 8 (80 dB of dynamic range)
+    -> ``(x + 4) / 4``. The last STFT frame
     is dropped, so a clip of n samples gives ``n // hop_length`` frames. This matches
     ``transformers.WhisperFeatureExtractor`` (Radford et al., 2022, "Robust Speech Recognition via
     Large-Scale Weak Supervision", section 2.2) on the same samples.

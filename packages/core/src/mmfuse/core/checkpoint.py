@@ -1,4 +1,4 @@
-"""Tower weights inside a Lightning checkpoint (e.g. an aligned image tower reused for video frames or SFT)."""
+"""Tower weights inside a Lightning checkpoint (e.g. an aligned image tower reused for video or SFT)."""
 
 from __future__ import annotations
 

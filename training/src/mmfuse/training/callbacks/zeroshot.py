@@ -82,7 +82,9 @@ class ZeroShotRetrieval(L.Callback):
         recall_at: the k of recall@k.
     """
 
-    def __init__(self, tasks: list[ZeroShotTask] | None = None, recall_at: tuple[int, ...] = (1, 5, 10)) -> None:
+    def __init__(
+        self, tasks: list[ZeroShotTask] | None = None, recall_at: tuple[int, ...] = (1, 5, 10)
+    ) -> None:
         self.tasks = tasks or []
         self.recall_at = recall_at
         self._rows: list[tuple[Tensor, Tensor, str, dict]] = []
@@ -90,7 +92,9 @@ class ZeroShotRetrieval(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._rows = []
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         if trainer.sanity_checking:
             return
         media, text = outputs["media_embeds"].float().cpu(), outputs["text_embeds"].float().cpu()
@@ -120,19 +124,27 @@ class ZeroShotRetrieval(L.Callback):
         pl_module.log_dict(metrics, sync_dist=False, rank_zero_only=False)
 
     @torch.no_grad()
-    def _zeroshot(self, task: ZeroShotTask, media: Tensor, metas: list[dict], trainer, pl_module) -> float | None:
+    def _zeroshot(
+        self, task: ZeroShotTask, media: Tensor, metas: list[dict], trainer, pl_module
+    ) -> float | None:
         keep = [i for i, m in enumerate(metas) if all(m.get(k) == v for k, v in task.where.items())]
         if not keep:
             return None
         classes = sorted({metas[i][task.class_field] for i in keep})
-        other_fields = {f for t in task.templates for _, f, _, _ in string.Formatter().parse(t) if f} - {task.class_field}
+        other_fields = {f for t in task.templates for _, f, _, _ in string.Formatter().parse(t) if f} - {
+            task.class_field
+        }
         tokenizer = trainer.datamodule.tokenizer
         cache: dict[tuple, Tensor] = {}
         correct = 0
         for i in keep:
             context = tuple((f, metas[i][f]) for f in sorted(other_fields))
             if context not in cache:
-                prompts = [t.format(**dict(context), **{task.class_field: c}) for c in classes for t in task.templates]
+                prompts = [
+                    t.format(**dict(context), **{task.class_field: c})
+                    for c in classes
+                    for t in task.templates
+                ]
                 input_ids = tokenizer(prompts).to(pl_module.device)
                 embeds = pl_module.embed_text({"input_ids": input_ids}).float().cpu()  # [c * t, e]
                 embeds = embeds.view(len(classes), len(task.templates), -1).mean(1)  # [c, t, e] -> [c, e]

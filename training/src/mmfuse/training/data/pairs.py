@@ -78,7 +78,9 @@ class PairDataModule(L.LightningDataModule):
         num_samples = self.num_samples or count_samples(urls)
         num_batches = num_samples // (world_size * self.batch_size)
         if num_batches == 0:
-            raise ValueError(f"{num_samples} samples < world_size x batch_size = {world_size * self.batch_size}")
+            raise ValueError(
+                f"{num_samples} samples < world_size x batch_size = {world_size * self.batch_size}"
+            )
         stream = ShardedStream(
             urls, self.decode, batch_size=self.batch_size, train=True, seed=self.seed,
             shuffle_buffer=self.shuffle_buffer, resampled=self.resampled, repeat=True,

@@ -84,7 +84,8 @@ class ContrastiveAlignment(L.LightningModule):
         self.save_hyperparameters(ignore=["media_encoder", "text_encoder"])
         if media_encoder.embed_dim != text_encoder.embed_dim:
             raise ValueError(
-                f"media_encoder.embed_dim={media_encoder.embed_dim} != text_encoder.embed_dim={text_encoder.embed_dim}"
+                f"media_encoder.embed_dim={media_encoder.embed_dim}"
+                f" != text_encoder.embed_dim={text_encoder.embed_dim}"
             )
         self.media_encoder = media_encoder
         self.text_encoder = text_encoder

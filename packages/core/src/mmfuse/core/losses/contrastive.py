@@ -50,7 +50,9 @@ def _gather_ids(ids: Tensor) -> Tensor:
     return torch.cat(out)
 
 
-def _positives(local_ids: Tensor | None, global_ids: Tensor | None, b: int, offset: int, n: int, device) -> Tensor:
+def _positives(
+    local_ids: Tensor | None, global_ids: Tensor | None, b: int, offset: int, n: int, device
+) -> Tensor:
     """``[b, B]`` bool: True where row i (local) and column j (global) are a positive pair."""
     if local_ids is None:
         return F.one_hot(torch.arange(b, device=device) + offset, n).bool()
