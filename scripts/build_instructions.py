@@ -25,8 +25,9 @@ A held-out question is kept only when its answer is one of its kind's training a
 sentence heard once or a new Tux Paint stamp description. Held-out speech is then new espeak-ng
 voices and the human recordings of heard words. Text: the (word, part of speech) pairs with a single
 WordNet sense (one right answer) and a gloss of at most :data:`TEXT_MAX_WORDS` words; each is asked
-in two of the three :data:`TEXT_QUESTIONS` phrasings in train and in the third held out. A gloss
-cannot be guessed from its word, so the held-out text questions measure recall under a new phrasing.
+in two of the three :data:`TEXT_QUESTIONS` phrasings in train and in the third held out. A gloss is
+rarely guessable from its word alone (derived words are the exception: "singer" -> "a person who
+sings"), so the held-out text questions mostly measure recall under a new phrasing.
 """
 
 from __future__ import annotations
