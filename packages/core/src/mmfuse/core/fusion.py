@@ -93,11 +93,11 @@ def _mlp(in_dim: int, out_dim: int, depth: int) -> nn.Sequential:
 class PooledToken(nn.Module):
     """The tower's pooled embedding ``[n, e]`` as one more media token, placed first in each item.
 
-    The pooled embedding is what contrastive alignment shaped to name the item; the per-token states
-    only feed it. A frozen, aligned tower's pooled embedding separates the embedded digits far better
-    than a cross-attention over its patch tokens learns to within the SFT budget (closing note of
-    issue 6), so the fused LM reads both. LayerNorm (the pooled embedding is unnormalised), then a
-    Linear-GELU-Linear MLP.
+    The pooled embedding is the one output contrastive alignment trained to name the item; the
+    per-token states are only what it is pooled from. With frozen aligned towers, reading it as well
+    took the SFT stage's held-out exact match on the embedded set from 0.78 to 0.97 (digits), 0.28 to
+    0.47 (video motion) and 0.65 to 0.75 (captions), same data and budget (issue 6). LayerNorm (the
+    pooled embedding is unnormalised), then a Linear-GELU-Linear MLP.
 
     Args:
         pooled_dim: the tower's ``embed_dim`` ``e``.
