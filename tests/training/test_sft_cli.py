@@ -1,6 +1,7 @@
 """``mmfuse fit`` on the default SFT config, shrunk to tiny towers and two steps."""
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -44,3 +45,9 @@ def test_fit_on_the_embedded_instruction_set_logs_exact_match_and_perplexity(tmp
     assert 1 < logged["val/perplexity"] < 2 * 4096  # a near-uniform guess over the vocabulary after two steps
     assert any(k.startswith("val/exact_match/") for k in logged)
     assert all(0 <= v <= 1 for k, v in logged.items() if k.startswith(("val/exact_match/", "val/majority/")))
+    answers_file = tmp_path / "lightning_logs" / "version_0" / "answers-epoch=0.jsonl"
+    answers = [json.loads(line) for line in answers_file.read_text().splitlines()]
+    assert len(answers) == 8  # max_questions
+    for kind in {a["kind"] for a in answers}:  # the file and the logged figures agree
+        mine = [a["correct"] for a in answers if a["kind"] == kind]
+        assert logged[f"val/exact_match/{kind}"] == pytest.approx(sum(mine) / len(mine))
