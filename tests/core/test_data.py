@@ -83,6 +83,14 @@ def test_corrupt_sample_is_skipped_and_counted(tmp_path, decode):
     assert batches[0]["input_ids"].shape == (4, 16) and batches[0]["input_ids"].dtype == torch.int64
 
 
+def test_a_repeating_stream_that_decodes_nothing_raises_instead_of_looping(tmp_path, decode):
+    everything = {f"s{s}-{i:04d}" for s in range(2) for i in range(3)}
+    urls = expand_urls(color_shards(tmp_path, 2, 3, corrupt=everything))
+    stream = ShardedStream(urls, decode, batch_size=2, train=True, shuffle_buffer=0, repeat=True)
+    with pytest.raises(ValueError, match=r"decoded no sample \(last skipped: s[01]-0002: "):
+        next(iter(stream))
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_epoch_length_is_exact_and_order_changes(tmp_path, decode, num_workers):
     urls = expand_urls(color_shards(tmp_path, 4, 10))

@@ -33,10 +33,12 @@ def _decoded(url: str) -> tuple[list, int]:
 
 def test_jsonl_with_media_paths_decodes_like_the_tar_shard(tmp_path):
     (tmp_path / "images").mkdir()
-    lines, samples = [], []
+    lines, trl_lines, samples = [], [], []
     for i, (color, rgb) in enumerate(COLORS.items()):
         (tmp_path / "images" / f"{color}.png").write_bytes(png_bytes(rgb))
         lines.append(json.dumps(_record(color, {"type": "image", "path": f"images/{color}.png"})))
+        trl_record = {**_record(color, {"type": "image"}), "images": [f"images/{color}.png"]}  # TRL's layout
+        trl_lines.append(json.dumps(trl_record))
         record = _record(color, {"type": "image"})
         member = {"json": json.dumps(record).encode(), "image_0.png": png_bytes(rgb)}
         samples.append({"__key__": f"s{i}", **member})
@@ -44,17 +46,21 @@ def test_jsonl_with_media_paths_decodes_like_the_tar_shard(tmp_path):
     with gzip.open(tmp_path / "chat.jsonl.gz", "wt") as f:
         f.write("\n".join(lines) + "\n\n")
     write_shard(tmp_path / "chat.tar", samples)
+    (tmp_path / "trl.jsonl").write_text("\n".join(trl_lines))
 
     from_jsonl, skipped = _decoded(str(tmp_path / "chat.jsonl.gz"))
     from_tar, _ = _decoded(str(tmp_path / "chat.tar"))
+    from_trl, trl_skipped = _decoded(str(tmp_path / "trl.jsonl"))
 
     assert skipped == 1
     assert count_samples([str(tmp_path / "chat.jsonl.gz")]) == len(COLORS) + 1  # blank lines not counted
     assert [e.key for e in from_jsonl] == [f"chat.jsonl.gz:{line}" for line in (1, 2, 4, 5)]
-    assert len(from_jsonl) == len(from_tar) == len(COLORS)
-    for a, b in zip(from_jsonl, from_tar, strict=True):
+    assert len(from_jsonl) == len(from_tar) == len(from_trl) == len(COLORS) and trl_skipped == 0
+    for a, b, c in zip(from_jsonl, from_tar, from_trl, strict=True):
         assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.shift_labels, b.shift_labels)
+        assert torch.equal(c.input_ids, b.input_ids)
         assert torch.equal(a.media[0][1]["pixel_values"], b.media[0][1]["pixel_values"])
+        assert torch.equal(c.media[0][1]["pixel_values"], b.media[0][1]["pixel_values"])
 
 
 def test_jsonl_through_a_pipe_reads_the_same_lines(tmp_path):

@@ -178,14 +178,22 @@ def assign_shards(
 
 
 class SkipCounter:
-    """Counts samples dropped for bad input and logs each one once (key and reason)."""
+    """Counts samples dropped for bad input and logs each one once (key and reason).
+
+    Attributes:
+        pending: skipped since the last :meth:`take`.
+        decoded: samples decoded so far (the stream counts them, to notice a pass that decodes none).
+        last: the reason of the latest skip.
+    """
 
     def __init__(self) -> None:
-        self.pending = 0
+        self.pending = self.decoded = 0
+        self.last = ""
 
     def __call__(self, exn: Exception, key: str = "?") -> bool:
         self.pending += 1
-        log.warning("skipping sample %s: %s: %s", key, type(exn).__name__, exn)
+        self.last = f"{key}: {type(exn).__name__}: {exn}"
+        log.warning("skipping sample %s", self.last)
         return True  # webdataset handler protocol: True = continue
 
     def take(self) -> int:
@@ -309,7 +317,13 @@ class ShardedStream(IterableDataset):
                 self.urls, seed=self.seed, epoch=self.epoch * 1_000_003 + n_pass, rank=rank,
                 world_size=world_size, worker=worker, num_workers=num_workers,
             )  # fmt: skip
+            decoded = skips.decoded
             yield from self._shuffled(to_samples({"url": u} for u in shards), n_pass)
+            if self.repeat and skips.decoded == decoded:  # repeating would loop forever
+                raise ValueError(
+                    f"rank {rank} worker {worker} read all of {shards} and decoded no sample"
+                    f" (last skipped: {skips.last or 'none, the shards are empty'})"
+                )
 
     def _shuffled(self, samples: Iterable[Sample], n_pass: int) -> Iterable[Sample]:
         if self.shuffle_buffer <= 0:
@@ -326,6 +340,7 @@ class ShardedStream(IterableDataset):
             except Exception as exn:  # noqa: BLE001 - any decoder failure is a bad sample
                 skips(exn, sample.get("__key__", "?"))
                 continue
+            skips.decoded += 1
             if len(batch) == self.batch_size:
                 yield {**collate(batch), "num_skipped": skips.take()}
                 batch = []

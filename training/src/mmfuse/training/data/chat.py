@@ -5,7 +5,8 @@ conversational messages; ``kinds`` names the question kind of each assistant tur
 plus one member per media part, ``{key}.{modality}_{i}.{ext}`` for the i-th part of that modality
 (``scripts/build_instructions.py`` writes them). A JSONL shard holds the same record per line, its
 media parts naming files instead: ``{"type": "image", "path": "images/cat.png"}`` (relative to
-the JSONL file; see :func:`media_bytes`). :class:`ChatDecoder` tokenizes with assistant-only
+the JSONL file), or TRL's layout, bare ``{"type": "image"}`` parts and a top-level ``"images"`` list
+of paths (see :func:`media_bytes`). :class:`ChatDecoder` tokenizes with assistant-only
 labels (:func:`mmfuse.core.text.tokenize_chat`) and runs the media transforms; a sample that is
 too long to keep its media is skipped and counted by the pipeline.
 
@@ -85,7 +86,7 @@ class ChatDecoder:
         media, seen = [], defaultdict(int)
         for part in media_parts(record["messages"]):
             modality = part["type"]
-            data = media_bytes(sample, part, seen[modality])
+            data = media_bytes(sample, part, seen[modality], record)
             seen[modality] += 1
             media.append((modality, self.transforms[modality](data, train=train)))
         example = ChatExample(
@@ -95,16 +96,19 @@ class ChatDecoder:
         return {"chat": example}
 
 
-def media_bytes(sample: Mapping[str, Any], part: Mapping[str, Any], index: int) -> bytes:
+def media_bytes(
+    sample: Mapping[str, Any], part: Mapping[str, Any], index: int, record: Mapping[str, Any] | None = None
+) -> bytes:
     """The encoded bytes of the ``index``-th media part of its modality in a sample.
 
-    A tar sample holds them as the member ``{modality}_{index}.{ext}``; a JSONL sample names a
-    file in the part (``"path"``, or ``"image"``/``"audio"``/``"video"`` as in TRL's datasets), an
-    absolute path or one relative to the directory of a local JSONL file (use absolute paths with
-    ``pipe:`` shards).
+    Looked up in this order: the tar member ``{modality}_{index}.{ext}``; a path in the part
+    (``"path"``, or ``"image"``/``"audio"``/``"video"``); the ``index``-th entry of the record's
+    top-level ``"images"``/``"audios"``/``"videos"`` list (TRL's vision datasets: bare
+    ``{"type": "image"}`` parts and ``"images": [...]``). A path is absolute or relative to the
+    directory of a local JSONL file (use absolute paths with ``pipe:`` shards).
 
     Raises:
-        KeyError: neither a member nor a path for the part.
+        KeyError: no member, no path in the part and no list entry for it.
         OSError: the named file cannot be read.
     """
     modality = part["type"]
@@ -113,8 +117,14 @@ def media_bytes(sample: Mapping[str, Any], part: Mapping[str, Any], index: int) 
     if member is not None:
         return sample[member]
     path = part.get("path", part.get(modality))
+    listed = (record or {}).get(f"{modality}s")
+    if path is None and isinstance(listed, list) and index < len(listed):
+        path = listed[index]
     if not isinstance(path, str):
-        raise KeyError(f"a {modality} part with neither a member {prefix}* nor a path: {dict(part)}")
+        raise KeyError(
+            f"{modality} part {index} has no member {prefix}*, no path in the part and no entry"
+            f" {index} in a top-level {modality + 's'!r} list: {dict(part)}"
+        )
     return (Path(sample.get("__url__", "")).parent / path).read_bytes()
 
 
@@ -239,9 +249,14 @@ class ChatDataModule(L.LightningDataModule):
     def train_dataloader(self) -> EpochLoader:
         urls = expand_urls(self.train_shards)
         step_size = self.batch_size * self.accumulate
-        num_batches = (self.num_samples or count_samples(urls)) // (self._world_size() * step_size)
+        num_samples = self.num_samples or count_samples(urls)
+        num_batches = num_samples // (self._world_size() * step_size)
         if num_batches == 0:
-            raise ValueError(f"fewer samples than world_size x batch_size x accumulate = {step_size}")
+            raise ValueError(
+                f"{num_samples} training samples in {self.train_shards!r}, fewer than one step needs:"
+                f" world_size {self._world_size()} x batch_size {self.batch_size} x accumulate"
+                f" {self.accumulate}; lower --data.batch_size"
+            )
         stream = ShardedStream(
             urls, self.decode, batch_size=step_size, train=True, seed=self.seed,
             shuffle_buffer=self.shuffle_buffer, repeat=True,
