@@ -79,9 +79,6 @@ class GenerationEval(Callback):
         self._reset()
 
     def _reset(self) -> None:
-        self.correct: Counter[str] = Counter()
-        self.asked: Counter[str] = Counter()
-        self.references: dict[str, Counter[str]] = defaultdict(Counter)
         self.answers: list[dict[str, Any]] = []
         self.nll, self.tokens = 0.0, 0
 
@@ -99,7 +96,7 @@ class GenerationEval(Callback):
     ) -> None:
         self.nll += float(outputs["nll"])
         self.tokens += int(outputs["tokens"])
-        budget = None if self.max_questions is None else self.max_questions - self.asked.total()
+        budget = None if self.max_questions is None else self.max_questions - len(self.answers)
         prompts = [p for e in batch["examples"] for p in answer_prompts(e, pl_module.tokenizer)][:budget]
         if not prompts:
             return
@@ -120,25 +117,25 @@ class GenerationEval(Callback):
     def record(self, kind: str, question: str, reference: str, answer: str) -> None:
         """Count one greedy ``answer`` (surrounding whitespace stripped) against its ``reference``."""
         answer = answer.strip()
-        self.asked[kind] += 1
-        self.correct[kind] += answer == reference
-        self.references[kind][reference] += 1
         self.answers.append({"kind": kind, "question": question, "reference": reference,
                              "answer": answer, "correct": answer == reference})  # fmt: skip
 
+    @property
+    def references(self) -> dict[str, Counter[str]]:
+        """Kind -> how often each reference answer was asked."""
+        references: dict[str, Counter[str]] = defaultdict(Counter)
+        for a in self.answers:
+            references[a["kind"]][a["reference"]] += 1
+        return references
+
     def state(self) -> dict[str, Any]:
-        """This process's counts: ``correct``, ``asked``, ``references``, ``answers``, ``nll``, ``tokens``."""
-        return {"correct": self.correct, "asked": self.asked, "references": self.references,
-                "answers": self.answers, "nll": self.nll, "tokens": self.tokens}  # fmt: skip
+        """This process's ``answers``, ``nll`` and ``tokens``."""
+        return {"answers": self.answers, "nll": self.nll, "tokens": self.tokens}
 
     def merge(self, states: list[dict[str, Any]]) -> None:
-        """Replace the counts with the sums of ``states`` (one per rank)."""
+        """Replace this process's answers and sums with those of ``states`` (one per rank), in order."""
         self._reset()
         for state in states:
-            self.correct.update(state["correct"])
-            self.asked.update(state["asked"])
-            for kind, references in state["references"].items():
-                self.references[kind].update(references)
             self.answers += state["answers"]
             self.nll += state["nll"]
             self.tokens += state["tokens"]
@@ -160,12 +157,12 @@ class GenerationEval(Callback):
     def metrics(self) -> dict[str, float]:
         """The figures of the module docstring from the current counts."""
         metrics = {"val/perplexity": torch.tensor(self.nll / max(self.tokens, 1)).exp().item()}
-        modalities: dict[str, list[str]] = defaultdict(list)
-        for kind, asked in self.asked.items():
-            metrics[f"val/exact_match/{kind}"] = self.correct[kind] / asked
-            metrics[f"val/majority/{kind}"] = self.references[kind].most_common(1)[0][1] / asked
-            modalities[kind.split("/")[0]].append(kind)
-        for modality, kinds in modalities.items():
-            asked = sum(self.asked[k] for k in kinds)
-            metrics[f"val/exact_match/{modality}"] = sum(self.correct[k] for k in kinds) / asked
+        correct: dict[str, list[bool]] = defaultdict(list)  # kind or modality -> one flag per question
+        for a in self.answers:
+            for name in {a["kind"], a["kind"].split("/")[0]}:  # "chat" has no modality prefix
+                correct[name].append(a["correct"])
+        for name, flags in correct.items():
+            metrics[f"val/exact_match/{name}"] = sum(flags) / len(flags)
+        for kind, references in self.references.items():
+            metrics[f"val/majority/{kind}"] = references.most_common(1)[0][1] / references.total()
         return metrics
