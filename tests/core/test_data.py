@@ -109,6 +109,13 @@ def test_epoch_length_is_exact_and_order_changes(tmp_path, decode, num_workers):
     assert [k for b in loader for k in b["__key__"]] == epochs[0]  # same seed, same order
 
 
+def test_loader_gives_one_shard_to_one_worker_only(tmp_path, decode):
+    urls = expand_urls(color_shards(tmp_path, 1, 8))  # e.g. one JSONL file
+    stream = ShardedStream(urls, decode, batch_size=4, train=True, shuffle_buffer=0, repeat=True)
+    keys = [k for b in EpochLoader(stream, num_batches=2, num_workers=2) for k in b["__key__"]]
+    assert sorted(keys) == [f"s0-{i:04d}" for i in range(8)]
+
+
 def test_loader_state_resumes_mid_epoch(tmp_path, decode):
     urls = expand_urls(color_shards(tmp_path, 4, 10))
     make = lambda: EpochLoader(

@@ -368,7 +368,8 @@ class EpochLoader:
     Args:
         stream: the batches.
         num_batches: batches per epoch (None: until the stream ends, for validation).
-        num_workers: dataloader worker processes.
+        num_workers: dataloader worker processes; capped, with a warning, at the shards per rank
+            when the stream assigns whole shards to workers (e.g. one JSONL file feeds one worker).
         seed: seeds the worker RNGs together with the epoch.
     """
 
@@ -386,14 +387,27 @@ class EpochLoader:
             raise TypeError("validation stream has no fixed length")
         return self.num_batches
 
+    def _workers(self) -> int:
+        """``num_workers``, or fewer when there are fewer shards per rank than workers to give them to."""
+        if self.stream.resampled or self.stream.split_samples:
+            return self.num_workers
+        _, world_size, _, _ = wds.utils.pytorch_worker_info()
+        shards_per_rank = len(self.stream.urls) // world_size
+        if 0 < shards_per_rank < self.num_workers:  # no shard per rank: assign_shards names the problem
+            log.warning("%d shards per rank: %d dataloader workers, not %d", shards_per_rank,
+                        shards_per_rank, self.num_workers)  # fmt: skip
+            return shards_per_rank
+        return self.num_workers
+
     def __iter__(self) -> Iterator[Sample]:
+        num_workers = self._workers()
         loader = torch.utils.data.DataLoader(
             self.stream,
             batch_size=None,
-            num_workers=self.num_workers,
+            num_workers=num_workers,
             generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.stream.epoch),
             persistent_workers=False,
-            multiprocessing_context="fork" if self.num_workers else None,
+            multiprocessing_context="fork" if num_workers else None,
         )
         skip, self._skip = self._skip, 0
         self._yielded = 0
