@@ -23,7 +23,7 @@ import open_clip
 import torch
 import yaml
 
-from mmfuse.core.data import EpochLoader, PairDecoder, ShardedStream, expand_urls
+from mmfuse.core.data import EpochLoader, MediaTextDecoder, ShardedStream, expand_urls
 from mmfuse.training.optim import adamw_param_groups
 from mmfuse.training.stages.align import ContrastiveAlignment
 from mmfuse.vision import ImageTransform, OpenClipTextEncoder, OpenClipVisionEncoder
@@ -32,7 +32,7 @@ CONFIG = "training/configs/align/image_text.yaml"
 
 
 def load_batches(batch_size: int, n: int, image_size: int, context_length: int) -> list[dict]:
-    decode = PairDecoder(
+    decode = MediaTextDecoder(
         ImageTransform(image_size), open_clip.get_tokenizer("ViT-B-32", context_length=context_length)
     )
     urls = expand_urls("data/image_text/train-{000000..000003}.tar.gz")

@@ -45,10 +45,11 @@ import webdataset as wds
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from mmfuse.core.text import DEFAULT_CHAT_TEMPLATE, MEDIA_TYPES, media_token
+from mmfuse.core.text import DEFAULT_CHAT_TEMPLATE, media_token
 
 REPO = Path(__file__).resolve().parents[1]
-SPECIAL_TOKENS = ["<|bos|>", "<|im_start|>", "<|im_end|>", "<|pad|>", *(media_token(m) for m in MEDIA_TYPES)]
+MODALITIES = ("image", "audio", "video")  # the embedded set's media
+SPECIAL_TOKENS = ["<|bos|>", "<|im_start|>", "<|im_end|>", "<|pad|>", *(media_token(m) for m in MODALITIES)]
 SOURCES = {"image": "image_text", "audio": "audio_text", "video": "video_text"}
 #: longest gloss asked about, in words: longer glosses (up to 60 words) would hold most of the target
 #: tokens and are beyond what the tiny default LM memorises.
@@ -169,7 +170,7 @@ def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int) -> PreTrai
     tokenizer.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token="<|bos|>", eos_token="<|im_end|>", pad_token="<|pad|>",
-        additional_special_tokens=[media_token(m) for m in MEDIA_TYPES], chat_template=DEFAULT_CHAT_TEMPLATE,
+        additional_special_tokens=[media_token(m) for m in MODALITIES], chat_template=DEFAULT_CHAT_TEMPLATE,
     )  # fmt: skip
     fast.save_pretrained(out_dir)
     return fast

@@ -9,7 +9,7 @@ from audio_bytes import encode, sine
 from shards import write_shard
 
 from mmfuse.audio import AudioDecodeError, AudioTransform, LogMelSpectrogram, SpecAugment
-from mmfuse.core.data import PairDecoder, ShardedStream
+from mmfuse.core.data import MediaTextDecoder, ShardedStream
 
 
 def test_short_stereo_8khz_clip_is_mixed_resampled_padded_and_masked():
@@ -71,7 +71,7 @@ def test_corrupt_sample_in_a_shard_is_skipped_and_counted(tmp_path):
     ]  # fmt: skip
     write_shard(tmp_path / "audio-000000.tar", samples)
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=8)
-    decode = PairDecoder(AudioTransform(clip_seconds=1.0), tokenizer)
+    decode = MediaTextDecoder(AudioTransform(clip_seconds=1.0), tokenizer)
     stream = ShardedStream(
         [str(tmp_path / "audio-000000.tar")], decode, batch_size=8, train=False, shuffle_buffer=0
     )

@@ -8,7 +8,7 @@ from shards import color_shards
 
 from mmfuse.core.data import (
     EpochLoader,
-    PairDecoder,
+    MediaTextDecoder,
     ShardedStream,
     assign_shards,
     count_samples,
@@ -19,7 +19,9 @@ from mmfuse.vision import ImageTransform
 
 @pytest.fixture(scope="module")
 def decode():
-    return PairDecoder(ImageTransform(image_size=8), open_clip.get_tokenizer("ViT-B-32", context_length=16))
+    return MediaTextDecoder(
+        ImageTransform(image_size=8), open_clip.get_tokenizer("ViT-B-32", context_length=16)
+    )
 
 
 def test_expand_urls_brace_and_missing(tmp_path):

@@ -5,17 +5,13 @@ import dataclasses
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from mmfuse.core.adapters import MediaProjector, PerceiverResampler
 from mmfuse.core.attention import attention
 from mmfuse.core.encoders import EncoderOutput
-from mmfuse.core.fusion import (
-    FusedCausalLM,
-    MaskedCrossAttention,
-    MediaContext,
-    MediaProjector,
-    PerceiverResampler,
-)
+from mmfuse.core.fusion import FusedCausalLM, MaskedCrossAttention, MediaContext
+from mmfuse.core.generation import decode
 from mmfuse.core.packing import cross_attention_segments, cu_seqlens_from_lengths, media_item_ranges
 
 IMAGE, AUDIO = 60, 61
@@ -70,8 +66,8 @@ def _fused(model="llama", attend="latest", gates=0.0):
     )
     fused.double().eval()
     for layer in fused._fused_layers:
-        layer.cross_attn.attn_gate.data.fill_(gates)
-        layer.cross_attn.ff_gate.data.fill_(gates)
+        layer.gated_xattn.attn_gate.data.fill_(gates)
+        layer.gated_xattn.ff_gate.data.fill_(gates)
     return fused, bare
 
 
@@ -154,32 +150,31 @@ def test_gradients_reach_every_gate():
     logits = fused(input_ids=INPUT_IDS, media=_media(0)).logits
     torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), INPUT_IDS[:, 1:].flatten()).backward()
     for layer in fused._fused_layers:
-        assert layer.cross_attn.attn_gate.grad.abs().item() > 0
-        assert layer.cross_attn.ff_gate.grad.abs().item() > 0
+        assert layer.gated_xattn.attn_gate.grad.abs().item() > 0
+        assert layer.gated_xattn.ff_gate.grad.abs().item() > 0
     added = sum(p.numel() for p in fused.parameters()) - sum(p.numel() for p in bare.parameters())
     assert sum(p.numel() for p in fused.fusion_parameters()) == added
 
 
 @pytest.mark.parametrize("attend", ["latest", "all"])
-def test_generate_with_kv_cache_equals_step_by_step_decoding_without_cache(attend):
+def test_kv_cached_decoding_equals_step_by_step_decoding_without_cache(attend):
     fused, _ = _fused(attend=attend, gates=0.7)
-    media, new_tokens = _media(0), 5
-    out = fused.generate(
-        input_ids=INPUT_IDS,
-        media=media,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        do_sample=False,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
+    media, new_tokens, cache = _media(0), 5, DynamicCache()
+
+    def step(ids, mask, position_ids):
+        return fused.lm(input_ids=ids, attention_mask=mask, position_ids=position_ids, cache=cache,
+                        use_cache=True).logits[:, -1]  # fmt: skip
+
+    with fused.media_session(INPUT_IDS, media):
+        out = decode(step, INPUT_IDS, torch.ones_like(INPUT_IDS), max_new_tokens=new_tokens, eos_token_id=-1,
+                     pad_token_id=0)  # fmt: skip
     ids = INPUT_IDS
     with torch.no_grad():
-        for step in range(new_tokens):
+        for t in range(new_tokens):
             logits = fused(input_ids=ids, media=media, use_cache=False).logits[:, -1]
-            torch.testing.assert_close(out.logits[step], logits.float())  # generate returns float32
+            torch.testing.assert_close(out.logps[:, t], logits.float().log_softmax(-1).max(-1).values)
             ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(out.sequences, ids)
+    assert torch.equal(out.completion_ids, ids[:, INPUT_IDS.shape[1] :])
 
 
 def _dense_cross_attention(xattn, hidden_states, tokens, first, last, item_of_token):
@@ -212,50 +207,6 @@ def test_masked_cross_attention_equals_the_dense_masked_formulation(only_latest)
     torch.testing.assert_close(out, reference)
     assert torch.equal(out[0, 0], torch.zeros(16, dtype=torch.float64))  # before any media: exactly 0
     assert torch.equal(out[1, :2], torch.zeros(2, 16, dtype=torch.float64))
-
-
-def test_resampler_ignores_padding_and_embeds_frame_time():
-    torch.manual_seed(0)
-    resampler = PerceiverResampler(6, 8, depth=2, num_latents=3, num_heads=2, head_dim=4, max_frames=4).eval()
-    frames = torch.randn(2, 3, 5, 6)  # [n, t, s_e, d]
-    mask = torch.ones(2, 3, 5, dtype=torch.bool)
-    mask[1, 2] = False  # the second item's third frame is padding
-    padded = frames.clone()
-    padded[1, 2] = 100.0
-    with torch.no_grad():
-        out = resampler(frames, mask).hidden_states
-        assert out.shape == (2, 3, 8)
-        torch.testing.assert_close(resampler(padded, mask).hidden_states, out)
-        swapped = frames[:, [1, 0, 2]]  # same tokens, frames in another order
-        assert not torch.allclose(resampler(swapped, mask).hidden_states, out)
-    with pytest.raises(ValueError, match="time embeddings for 4"):
-        resampler(torch.randn(1, 5, 2, 6))
-
-
-@pytest.mark.parametrize("adapter", ["projector", "resampler"])
-def test_pooled_token_comes_first_and_reads_only_the_pooled_embedding(adapter):
-    torch.manual_seed(0)
-    make = {
-        "projector": lambda pooled_dim: MediaProjector(6, 8, pooled_dim=pooled_dim),
-        "resampler": lambda pooled_dim: PerceiverResampler(
-            6, 8, depth=1, num_latents=3, num_heads=2, head_dim=4, pooled_dim=pooled_dim
-        ),
-    }[adapter]
-    with_pooled = make(5).eval()
-    without = make(None).eval()
-    without.load_state_dict(with_pooled.state_dict(), strict=False)  # same weights but the pooled MLP
-    hidden_states, pooled = torch.randn(2, 4, 6), torch.randn(2, 5)
-    mask = torch.tensor([[True] * 4, [True, True, False, False]]) if adapter == "projector" else None
-    with torch.no_grad():
-        out = with_pooled(hidden_states, mask, pooled)
-        other = with_pooled(hidden_states + 1.0, mask, pooled)  # new tokens, same pooled embedding
-        torch.testing.assert_close(out.hidden_states[:, 1:], without(hidden_states, mask).hidden_states)
-        torch.testing.assert_close(other.hidden_states[:, 0], out.hidden_states[:, 0])
-        torch.testing.assert_close(out.hidden_states[:, 0], with_pooled.pooled.mlp(pooled))
-    if mask is not None:
-        assert torch.equal(out.attention_mask, torch.cat([torch.ones(2, 1, dtype=torch.bool), mask], dim=1))
-    with pytest.raises(ValueError, match="reads the pooled embedding"):
-        with_pooled(hidden_states, mask)
 
 
 def test_placeholders_and_media_must_agree():

@@ -1,5 +1,7 @@
 """Chat templating and assistant-only labels on a word-level tokenizer built in code."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -11,6 +13,7 @@ from mmfuse.core.text import (
     MediaTruncatedError,
     content_text,
     load_tokenizer,
+    media_parts,
     render_chat,
     tokenize_chat,
 )
@@ -41,6 +44,9 @@ CONVERSATION = [
     {"role": "user", "content": "and this ?"},
     {"role": "assistant", "content": [{"type": "text", "text": "the number seven"}]},
 ]
+
+
+TOKENIZER_DIR = str(Path(__file__).resolve().parents[2] / "data" / "tokenizer")
 
 
 def _tokenizer(tmp_path, chat_template=DEFAULT_CHAT_TEMPLATE, pad_token="<|pad|>"):
@@ -109,9 +115,19 @@ def test_truncation_drops_targets_but_never_a_media_placeholder(tmp_path):
     assert len(tokenize_chat(tokenizer, CONVERSATION, max_length=9).input_ids) == 9
 
 
-def test_unknown_content_part_type_raises():
-    with pytest.raises(ValueError, match="pdf"):
-        content_text([{"type": "pdf"}])
+def test_any_non_text_part_is_a_media_part_named_by_its_modality():
+    content = [{"type": "imu"}, {"type": "text", "text": " which gesture?"}]
+    assert content_text(content) == "<|imu|> which gesture?"
+    assert media_parts([{"role": "user", "content": content}]) == [{"type": "imu"}]
+
+
+def test_load_tokenizer_adds_the_placeholders_of_the_modalities_asked(tmp_path):
+    tokenizer = load_tokenizer(TOKENIZER_DIR, modalities=["image", "imu"])
+    assert tokenizer.convert_tokens_to_ids("<|image|>") == load_tokenizer(
+        TOKENIZER_DIR
+    ).convert_tokens_to_ids("<|image|>")  # already in the embedded tokenizer: not added again
+    imu = tokenizer.convert_tokens_to_ids("<|imu|>")
+    assert imu == len(tokenizer) - 1 and tokenizer.decode([imu]) == "<|imu|>"
 
 
 def test_token_logps_score_the_next_token_and_ignore_masked_targets():

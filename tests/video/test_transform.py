@@ -8,7 +8,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from shards import write_shard
 from video_bytes import frame_numbers, numbered_clip
 
-from mmfuse.core.data import PairDecoder, ShardedStream, expand_urls
+from mmfuse.core.data import MediaTextDecoder, ShardedStream, expand_urls
 from mmfuse.video.decoding import VideoDecodeError
 from mmfuse.video.sampling import SegmentSampler, UniformSampler
 from mmfuse.video.transforms import VideoTransform
@@ -88,7 +88,7 @@ def test_corrupt_sample_in_a_shard_is_skipped_and_counted(tmp_path):
         )
     write_shard(tmp_path / "val-000000.tar", samples)
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
-    decode = PairDecoder(VideoTransform(UniformSampler(8), size=32), tokenizer)
+    decode = MediaTextDecoder(VideoTransform(UniformSampler(8), size=32), tokenizer)
     batches = list(
         ShardedStream(
             expand_urls(str(tmp_path / "val-000000.tar")), decode, batch_size=2, train=False, shuffle_buffer=0

@@ -10,6 +10,8 @@ Every stage is a LightningModule and every dataset a LightningDataModule chosen 
   ``trainer.plugins`` is set;
 * ``nonfinite``: :class:`~mmfuse.training.callbacks.guards.NonFiniteLossGuard` (stop; or skip);
 * ``requeue``: :class:`~mmfuse.training.callbacks.requeue.RequeueOnSignal` (SLURM jobs only);
+* ``validate_on_stop``: :class:`~mmfuse.training.callbacks.stop.ValidateOnStop` (a run stopped by
+  ``max_time`` or a signal still validates and writes its checkpoints);
 * ``rng_state``: :class:`~mmfuse.training.callbacks.rng.RngStateCheckpoint` (RNGs in checkpoints);
 * ``throughput``: :class:`~mmfuse.training.callbacks.throughput.MeasuredThroughputMonitor` (MFU);
 * loggers: CSV always (``lightning_logs/version_N``), TensorBoard when installed
@@ -33,6 +35,7 @@ from mmfuse.training.callbacks.guards import NonFiniteLossGuard
 from mmfuse.training.callbacks.manifest import RunManifest
 from mmfuse.training.callbacks.requeue import RequeueOnSignal
 from mmfuse.training.callbacks.rng import RngStateCheckpoint
+from mmfuse.training.callbacks.stop import ValidateOnStop
 from mmfuse.training.callbacks.throughput import MeasuredThroughputMonitor
 
 
@@ -45,6 +48,7 @@ class MmfuseCLI(LightningCLI):
         parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite")
         parser.add_lightning_class_args(RequeueOnSignal, "requeue")
         parser.add_lightning_class_args(RngStateCheckpoint, "rng_state")
+        parser.add_lightning_class_args(ValidateOnStop, "validate_on_stop")
         parser.add_lightning_class_args(MeasuredThroughputMonitor, "throughput")
 
     def before_instantiate_classes(self) -> None:

@@ -201,7 +201,7 @@ class SkipCounter:
         return n
 
 
-class PairDecoder:
+class MediaTextDecoder:
     """Turns a raw webdataset sample into one media-text training example.
 
     Output: the media tensors from ``media`` (e.g. ``pixel_values [c, h, w]``), ``input_ids``

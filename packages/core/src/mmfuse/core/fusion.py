@@ -1,42 +1,32 @@
 """Flamingo-style fusion of any media into a pretrained causal language model.
 
-Alayrac et al. 2022, "Flamingo" (Sec. 2.1-2.2, Appendix A.1.1-A.1.2), as built by OpenFlamingo:
+Alayrac et al. 2022, "Flamingo" (Sec. 2.2, Appendix A.1.2), as built by OpenFlamingo:
 
-* an adapter per modality turns encoder hidden states into media tokens of width ``media_dim``:
-  :class:`PerceiverResampler` (a fixed number of learned latents per item, time embeddings for
-  frames) or :class:`MediaProjector` (one token per encoder token, LLaVA-style MLP); either can
-  add the tower's pooled embedding as one more token (:class:`PooledToken`);
 * :class:`MaskedCrossAttention`: each text token attends to the media items whose placeholder token
   is at or before it in its own sequence (the latest item, or all of them); a token before any
   item gets exactly zero;
 * :class:`GatedCrossAttentionBlock`: that cross-attention, then a feed-forward, each scaled by
   ``tanh(gate)`` with gates initialised to 0, so the wrapped language model starts unchanged;
-* :class:`FusedCausalLM`: inserts a block before every n-th decoder layer of a Hugging Face causal
-  LM (any model whose decoder layers sit in an ``nn.ModuleList`` at ``layers_path``) and feeds the
-  media through ``forward`` and ``generate`` (KV cache included).
+* :class:`FusedCausalLM`: the LM surgery. It inserts a block before every n-th decoder layer of a
+  Hugging Face causal LM (any model whose decoder layers sit in an ``nn.ModuleList`` at
+  ``layers_path``) and feeds the media tokens of the adapters (:mod:`mmfuse.core.adapters`) to them in
+  every call of the LM, KV-cached decoding included. A fused layer keeps the wrapped layer's own
+  state-dict keys (torchtune's ``FusionLayer`` convention), so the LM part of a checkpoint reads as
+  the plain LM's and the new block's tensors sit beside them under ``gated_xattn.``.
 
 The cross-attention is packed (:func:`mmfuse.core.packing.cross_attention_segments`): one segment
 per run of text tokens that sees the same items, so no ``[b, h, s_text, s_media_total]`` score matrix
 exists unless the attention backend itself is a dense one (``sdpa``, ``eager``), and only real media
-items are encoded.
-
-How a stage calls it::
-
-    # input_ids [b, s] hold one placeholder token per media item: media_token_ids = {"image": 32000, ...}
-    # Each modality's real items, in the row-major order of that modality's placeholders:
-    tower = towers["image"]
-    media = {"image": tower.forward_features(**tower.select_inputs(image_batch))}  # [n_image, s_e, d]
-    out = fused(input_ids=input_ids, attention_mask=attention_mask, labels=labels, media=media)
-    new_ids = fused.generate(input_ids=prompt_ids, attention_mask=prompt_mask, media=media, max_new_tokens=64)
+items are encoded. :class:`mmfuse.core.model.MultimodalLM` is the user-facing model around it.
 
 ``media`` maps modality names to :class:`~mmfuse.core.encoders.EncoderOutput` s whose
 ``hidden_states`` are ``[n, s_e, d_enc]`` (or ``[n, t, s_e, d_enc]`` for frames) with an optional
-``[n, s_e]`` (``[n, t, s_e]``) bool mask. Packed rows (several sequences in one row) pass
-``position_ids`` that restart at 0 at each sequence, as in Hugging Face's packed training; each
-sequence then sees only its own media.
+``[n, s_e]`` (``[n, t, s_e]``) bool mask, each modality's real items in the row-major order of its
+placeholders. Packed rows (several sequences in one row) pass ``position_ids`` that restart at 0 at
+each sequence, as in Hugging Face's packed training; each sequence then sees only its own media.
 
 Shape letters: b batch, s text tokens, d LM width, n media items, s_e encoder tokens, t frames,
-l latents, h heads, hd head size, total_q/total_k packed query/key tokens, m media tokens.
+h heads, hd head size, total_q/total_k packed query/key tokens, m media tokens.
 """
 
 from __future__ import annotations
@@ -48,12 +38,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from mmfuse.core.attention import Backend, attention
 from mmfuse.core.encoders import EncoderOutput
+from mmfuse.core.layers import FeedForward
 from mmfuse.core.packing import (
     CrossAttentionSegments,
     concat_ranges,
@@ -61,197 +51,6 @@ from mmfuse.core.packing import (
     cu_seqlens_from_lengths,
     media_item_ranges,
 )
-
-
-class FeedForward(nn.Sequential):
-    """Pre-norm MLP ``[..., d] -> [..., d]``: LayerNorm, Linear(d, mult * d), GELU, Linear (no biases)."""
-
-    def __init__(self, dim: int, mult: int = 4) -> None:
-        super().__init__(
-            nn.LayerNorm(dim),
-            nn.Linear(dim, mult * dim, bias=False),
-            nn.GELU(),
-            nn.Linear(mult * dim, dim, bias=False),
-        )
-
-
-def _flatten_frames(hidden_states: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """``[n, t, s_e, d] -> [n, t * s_e, d]`` (and the mask ``[n, t, s_e] -> [n, t * s_e]``)."""
-    if hidden_states.dim() == 3:
-        return hidden_states, attention_mask
-    return hidden_states.flatten(1, 2), None if attention_mask is None else attention_mask.flatten(1, 2)
-
-
-def _mlp(in_dim: int, out_dim: int, depth: int) -> nn.Sequential:
-    """``depth`` Linear layers with GELU between them: ``[..., in_dim] -> [..., out_dim]``."""
-    layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
-    for _ in range(depth - 1):
-        layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
-    return nn.Sequential(*layers)
-
-
-class PooledToken(nn.Module):
-    """The tower's pooled embedding ``[n, e]`` as one more media token, placed first in each item.
-
-    The pooled embedding is the one output contrastive alignment trained to name the item; the
-    per-token states are only what it is pooled from. With frozen aligned towers, reading it as well
-    took the SFT stage's held-out exact match on the embedded set from 0.78 to 0.97 (digits), 0.28 to
-    0.47 (video motion) and 0.65 to 0.75 (captions), same data and budget (issue 6). LayerNorm (the
-    pooled embedding is unnormalised), then a Linear-GELU-Linear MLP.
-
-    Args:
-        pooled_dim: the tower's ``embed_dim`` ``e``.
-        media_dim: media token width.
-    """
-
-    def __init__(self, pooled_dim: int, media_dim: int) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(nn.LayerNorm(pooled_dim), *_mlp(pooled_dim, media_dim, depth=2))
-
-    def forward(self, media: EncoderOutput, pooled: Tensor | None) -> EncoderOutput:
-        """Tokens ``[n, m, media_dim]`` (mask ``[n, m]``) -> ``[n, 1 + m, media_dim]`` (``[n, 1 + m]``).
-
-        Raises:
-            ValueError: ``pooled`` is None (the tower's ``forward_features`` gives no pooled embedding).
-        """
-        if pooled is None:
-            raise ValueError(
-                "this adapter reads the pooled embedding, but the tower gave none (EncoderOutput.pooled)"
-            )
-        token = self.mlp(pooled)[:, None].to(media.hidden_states.dtype)  # [n, e] -> [n, 1, media_dim]
-        mask = media.attention_mask
-        return EncoderOutput(
-            torch.cat([token, media.hidden_states], dim=1),
-            None if mask is None else F.pad(mask, (1, 0), value=True),
-        )
-
-
-class MediaProjector(nn.Module):
-    """Per-token adapter: encoder tokens ``[n, s_e, d_enc]`` -> media tokens ``[n, s_e, media_dim]``.
-
-    ``depth`` Linear layers with GELU between them (LLaVA-1.5's projector is ``depth=2``). Frames
-    ``[n, t, s_e, d_enc]`` are flattened to ``t * s_e`` tokens; the encoder's mask passes through.
-    With ``pooled_dim``, the pooled embedding becomes one more token first (:class:`PooledToken`).
-    """
-
-    def __init__(self, in_dim: int, media_dim: int, depth: int = 2, pooled_dim: int | None = None) -> None:
-        super().__init__()
-        self.mlp = _mlp(in_dim, media_dim, depth)
-        self.pooled = PooledToken(pooled_dim, media_dim) if pooled_dim else None
-
-    def forward(
-        self, hidden_states: Tensor, attention_mask: Tensor | None = None, pooled: Tensor | None = None
-    ) -> EncoderOutput:
-        hidden_states, attention_mask = _flatten_frames(hidden_states, attention_mask)
-        out = EncoderOutput(self.mlp(hidden_states), attention_mask)
-        return out if self.pooled is None else self.pooled(out, pooled)
-
-
-class PerceiverAttention(nn.Module):
-    """Latents attend to ``cat(media, latents)`` (Flamingo, Appendix A.1.1, Fig. 5)."""
-
-    def __init__(self, dim: int, num_heads: int, head_dim: int, backend: Backend = "auto") -> None:
-        super().__init__()
-        self.num_heads, self.backend = num_heads, backend
-        self.norm_media, self.norm_latents = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, num_heads * head_dim, bias=False)
-        self.to_kv = nn.Linear(dim, 2 * num_heads * head_dim, bias=False)
-        self.to_out = nn.Linear(num_heads * head_dim, dim, bias=False)
-
-    def forward(self, media: Tensor, latents: Tensor, media_mask: Tensor | None) -> Tensor:
-        """``media`` ``[n, m, d]``, ``latents`` ``[n, l, d]``, ``media_mask`` ``[n, m]`` bool -> ``[n, l, d]``
-
-        Returns the attention output only; the caller adds the residual.
-        """
-        latents = self.norm_latents(latents)
-        kv_input = torch.cat([self.norm_media(media), latents], dim=1)  # [n, m + l, d]
-        q = rearrange(self.to_q(latents), "n l (h hd) -> n h l hd", h=self.num_heads)
-        k, v = rearrange(self.to_kv(kv_input), "n s (two h hd) -> two n h s hd", two=2, h=self.num_heads)
-        attn_mask = None
-        if media_mask is not None:  # latents are always visible: [n, m] -> [n, 1, 1, m + l]
-            attn_mask = F.pad(media_mask, (0, latents.shape[1]), value=True)[:, None, None, :]
-        out = attention(q, k, v, attn_mask=attn_mask, backend=self.backend)  # [n, h, l, hd]
-        return self.to_out(rearrange(out, "n h l hd -> n l (h hd)"))
-
-
-class PerceiverResampler(nn.Module):
-    """Adapter with a fixed number of output tokens: ``[n, s_e, d_enc]`` -> ``[n, num_latents, media_dim]``.
-
-    Flamingo's Perceiver Resampler (Appendix A.1.1): frames get a learned time embedding and are
-    flattened, then ``depth`` layers of latents attending to ``cat(media, latents)`` plus a
-    feed-forward, each residual, then a LayerNorm.
-
-    Args:
-        in_dim: encoder width ``d_enc``; projected to ``media_dim`` first when different.
-        media_dim: width of the latents and of the output tokens.
-        depth: number of attention + feed-forward layers.
-        num_latents: output tokens per item.
-        num_heads: attention heads.
-        head_dim: width of one head.
-        ff_mult: feed-forward expansion.
-        max_frames: number of time embeddings; None accepts no ``[n, t, s_e, d_enc]`` input.
-        backend: attention backend for the latents' attention.
-        pooled_dim: the tower's ``embed_dim``: its pooled embedding becomes one more output token,
-            first (:class:`PooledToken`); None: ``num_latents`` tokens only.
-    """
-
-    def __init__(
-        self,
-        in_dim: int,
-        media_dim: int,
-        *,
-        depth: int = 6,
-        num_latents: int = 64,
-        num_heads: int = 8,
-        head_dim: int = 64,
-        ff_mult: int = 4,
-        max_frames: int | None = None,
-        backend: Backend = "auto",
-        pooled_dim: int | None = None,
-    ) -> None:
-        super().__init__()
-        self.pooled = PooledToken(pooled_dim, media_dim) if pooled_dim else None
-        self.proj_in = nn.Linear(in_dim, media_dim) if in_dim != media_dim else nn.Identity()
-        self.latents = nn.Parameter(torch.randn(num_latents, media_dim))
-        self.frame_embeddings = nn.Parameter(torch.randn(max_frames, media_dim)) if max_frames else None
-        self.layers = nn.ModuleList(
-            nn.ModuleList(
-                [PerceiverAttention(media_dim, num_heads, head_dim, backend), FeedForward(media_dim, ff_mult)]
-            )
-            for _ in range(depth)
-        )
-        self.norm = nn.LayerNorm(media_dim)
-
-    def forward(
-        self, hidden_states: Tensor, attention_mask: Tensor | None = None, pooled: Tensor | None = None
-    ) -> EncoderOutput:
-        """Resample one batch of items.
-
-        Args:
-            hidden_states: ``[n, s_e, d_enc]``, or ``[n, t, s_e, d_enc]`` for ``t`` frames.
-            attention_mask: bool, True for real tokens, shaped as ``hidden_states`` without ``d_enc``.
-            pooled: ``[n, e]`` the tower's pooled embedding; read only with ``pooled_dim``.
-
-        Returns:
-            ``[n, num_latents, media_dim]`` tokens (``1 + num_latents`` with ``pooled_dim``), no mask.
-
-        Raises:
-            ValueError: frames given without ``max_frames``, or more frames than ``max_frames``.
-        """
-        media = self.proj_in(hidden_states)
-        if media.dim() == 4:
-            frames = media.shape[1]
-            if self.frame_embeddings is None or frames > len(self.frame_embeddings):
-                limit = 0 if self.frame_embeddings is None else len(self.frame_embeddings)
-                raise ValueError(f"{frames} frames given; this resampler has time embeddings for {limit}")
-            media = media + self.frame_embeddings[:frames, None]  # [t, d] -> [t, 1, d], broadcast over s_e
-        media, attention_mask = _flatten_frames(media, attention_mask)
-        latents = self.latents.expand(len(media), -1, -1)  # [l, d] -> [n, l, d]
-        for attn, ff in self.layers:
-            latents = latents + attn(media, latents, attention_mask)
-            latents = latents + ff(latents)
-        out = EncoderOutput(self.norm(latents))
-        return out if self.pooled is None else self.pooled(out, pooled)
 
 
 @dataclass
@@ -349,17 +148,21 @@ class _MediaSlot:
 class FusedDecoderLayer(nn.Module):
     """A gated cross-attention block followed by the original decoder layer.
 
-    Attribute lookups it cannot answer go to the decoder layer (models read e.g. ``attention_type``).
+    State-dict keys: the decoder layer's own (no ``decoder_layer.`` prefix), plus ``gated_xattn.*``,
+    through state-dict hooks as torchtune's ``FusionLayer``. Attribute lookups it cannot answer go to
+    the decoder layer (models read e.g. ``attention_type``).
     """
 
     def __init__(
-        self, cross_attn: GatedCrossAttentionBlock, decoder_layer: nn.Module, slot: _MediaSlot
+        self, gated_xattn: GatedCrossAttentionBlock, decoder_layer: nn.Module, slot: _MediaSlot
     ) -> None:
         super().__init__()
-        self.cross_attn, self.decoder_layer, self._slot = cross_attn, decoder_layer, slot
+        self.gated_xattn, self.decoder_layer, self._slot = gated_xattn, decoder_layer, slot
+        self.register_state_dict_post_hook(FusedDecoderLayer._unwrap_keys)
+        self.register_load_state_dict_pre_hook(FusedDecoderLayer._wrap_keys)
 
     def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
-        return self.decoder_layer(self.cross_attn(hidden_states, self._slot.context), *args, **kwargs)
+        return self.decoder_layer(self.gated_xattn(hidden_states, self._slot.context), *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -368,6 +171,20 @@ class FusedDecoderLayer(nn.Module):
             if name == "decoder_layer":
                 raise
             return getattr(self.decoder_layer, name)
+
+    @staticmethod
+    def _unwrap_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+        """``<prefix>decoder_layer.k`` -> ``<prefix>k`` in a state dict being saved."""
+        inner = prefix + "decoder_layer."
+        for key in [k for k in state_dict if k.startswith(inner)]:
+            state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
+
+    @staticmethod
+    def _wrap_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """``<prefix>k`` -> ``<prefix>decoder_layer.k`` (not ``gated_xattn.*``) in a state dict to load."""
+        fused = (prefix + "gated_xattn.", prefix + "decoder_layer.")
+        for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(fused)]:
+            state_dict[prefix + "decoder_layer." + key[len(prefix) :]] = state_dict.pop(key)
 
 
 @dataclass
@@ -400,7 +217,7 @@ class _MediaSession:
         if input_ids.shape[0] != self.input_ids.shape[0] or start > self.input_ids.shape[1]:
             raise ValueError(
                 f"a media session holding {tuple(self.input_ids.shape)} tokens got {input_ids.shape[0]} rows"
-                f" at position {start}; beam search and num_return_sequences > 1 are not supported"
+                f" at position {start}; repeat the media items with the rows (MultimodalLM.generate)"
             )
         if position_ids is not None and start == 0:  # packed rows: a sequence starts at each position 0
             docs = (position_ids == 0).long().cumsum(-1).expand_as(input_ids)
@@ -492,7 +309,7 @@ class FusedCausalLM(nn.Module):
         """The parameters fusion added: adapters and cross-attention blocks (the LM's own excluded)."""
         yield from self.adapters.parameters()
         for layer in self._fused_layers:
-            yield from layer.cross_attn.parameters()
+            yield from layer.gated_xattn.parameters()
 
     def forward(
         self, input_ids: Tensor, media: Mapping[str, EncoderOutput] | None = None, **lm_kwargs: Any
@@ -509,19 +326,16 @@ class FusedCausalLM(nn.Module):
         Raises:
             ValueError: placeholders and media items disagree in number or modality.
         """
-        with self._media_session(input_ids, media):
+        with self.media_session(input_ids, media):
             return self.lm(input_ids=input_ids, **lm_kwargs)
 
-    @torch.no_grad()
-    def generate(
-        self, input_ids: Tensor, media: Mapping[str, EncoderOutput] | None = None, **kwargs: Any
-    ) -> Any:
-        """The LM's ``generate`` with media; the prompt holds every placeholder; one sequence per row."""
-        with self._media_session(input_ids, media):
-            return self.lm.generate(input_ids=input_ids, **kwargs)
-
     @contextlib.contextmanager
-    def _media_session(self, input_ids: Tensor, media: Mapping[str, EncoderOutput] | None) -> Iterator[None]:
+    def media_session(self, input_ids: Tensor, media: Mapping[str, EncoderOutput] | None) -> Iterator[None]:
+        """Every LM call inside reads ``media``, whose placeholders are in ``input_ids`` ``[b, s]``.
+
+        ``forward`` opens one per call; a decoding loop opens one around all its KV-cached calls, the
+        first of which must consume ``input_ids`` (the prompt) whole.
+        """
         self._session = self._open_session(input_ids, media or {})
         try:
             yield
@@ -608,14 +422,9 @@ class FusedCausalLM(nn.Module):
 
 
 __all__ = [
-    "FeedForward",
     "FusedCausalLM",
     "FusedDecoderLayer",
     "GatedCrossAttentionBlock",
     "MaskedCrossAttention",
     "MediaContext",
-    "MediaProjector",
-    "PerceiverAttention",
-    "PerceiverResampler",
-    "PooledToken",
 ]

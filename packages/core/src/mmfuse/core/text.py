@@ -1,9 +1,10 @@
 """Chat text for instruction tuning: tokenizer loading, the chat template, assistant-only labels.
 
 Conversations are TRL's conversational format: a list of ``{"role", "content"}`` messages whose
-content is a string or a list of parts ``{"type": "text", "text": ...}`` / ``{"type": "image"}`` /
-``{"type": "audio"}`` / ``{"type": "video"}``. A media part becomes one placeholder token
-(``<|image|>`` ...) that :class:`mmfuse.core.fusion.FusedCausalLM` reads.
+content is a string or a list of parts ``{"type": "text", "text": ...}`` or media parts, whose
+``type`` is the modality (``{"type": "image"}``, ``{"type": "audio"}``, or any modality a model has a
+tower for, e.g. ``{"type": "imu"}``). A media part becomes one placeholder token (``<|image|>`` ...)
+that :class:`mmfuse.core.fusion.FusedCausalLM` reads.
 
 :func:`tokenize_chat` renders the conversation with the tokenizer's own chat template (any
 Hugging Face template that takes string contents), or :data:`DEFAULT_CHAT_TEMPLATE` when the
@@ -32,8 +33,6 @@ from mmfuse.core.functional import IGNORE_INDEX
 if TYPE_CHECKING:  # transformers is a dependency of the stages that call these functions
     from transformers import PreTrainedTokenizerFast
 
-MEDIA_TYPES = ("image", "audio", "video")
-
 #: ChatML with the BOS token first and no newline after ``<|im_end|>`` (the EOS), used when a
 #: tokenizer has no template: ``<bos><|im_start|>user\nWhich digit is this? <|image|><|im_end|>
 #: <|im_start|>assistant\nseven<|im_end|>``.
@@ -56,17 +55,22 @@ def media_token(modality: str) -> str:
 
 
 def load_tokenizer(
-    name_or_path: str, *, chat_template: str | None = None, trust_remote_code: bool = False
+    name_or_path: str,
+    *,
+    modalities: Sequence[str] = (),
+    chat_template: str | None = None,
+    trust_remote_code: bool = False,
 ) -> PreTrainedTokenizerFast:
     """A fast Hugging Face tokenizer ready for :func:`tokenize_chat`.
 
-    Adds the media placeholders (``<|image|>``, ``<|audio|>``, ``<|video|>``) as special tokens when
+    Adds the placeholder of each of ``modalities`` (``<|image|>``, ...) as a special token when
     missing (resize the LM's embeddings to ``len(tokenizer)`` afterwards), takes
     :data:`DEFAULT_CHAT_TEMPLATE` when the tokenizer has no template and ``chat_template`` is None,
     and sets ``pad_token`` to the EOS token when it has none (labels never depend on the pad id).
 
     Args:
         name_or_path: a local directory (e.g. ``data/tokenizer``) or a hub name.
+        modalities: the modality names whose placeholders the tokenizer must have.
         chat_template: a Jinja template replacing the tokenizer's own.
         trust_remote_code: passed to ``AutoTokenizer.from_pretrained``; off by default.
 
@@ -78,7 +82,7 @@ def load_tokenizer(
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     if not tokenizer.is_fast:
         raise ValueError(f"{name_or_path} loads a slow tokenizer; tokenize_chat needs offset mappings")
-    missing = [media_token(m) for m in MEDIA_TYPES if media_token(m) not in tokenizer.get_vocab()]
+    missing = [media_token(m) for m in modalities if media_token(m) not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing})
     if chat_template is not None or tokenizer.chat_template is None:
@@ -92,30 +96,21 @@ def content_text(content: str | Sequence[Mapping[str, Any]]) -> str:
     """A message's content as one string, each media part replaced by its placeholder.
 
     Raises:
-        ValueError: a part whose ``type`` is neither ``"text"`` nor a media type.
+        KeyError: a part without ``type``, or a text part without ``text``.
     """
     if isinstance(content, str):
         return content
-    pieces = []
-    for part in content:
-        kind = part["type"]
-        if kind == "text":
-            pieces.append(part["text"])
-        elif kind in MEDIA_TYPES:
-            pieces.append(media_token(kind))
-        else:
-            raise ValueError(f"content part type {kind!r}; expected 'text' or one of {MEDIA_TYPES}")
-    return "".join(pieces)
+    return "".join(part["text"] if part["type"] == "text" else media_token(part["type"]) for part in content)
 
 
 def media_parts(messages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The media parts (``{"type": "image" | "audio" | "video", ...}``) of a conversation, in order."""
+    """The media parts (every part whose ``type`` is not ``"text"``) of a conversation, in order."""
     return [
         part
         for message in messages
         if not isinstance(message["content"], str)
         for part in message["content"]
-        if part["type"] in MEDIA_TYPES
+        if part["type"] != "text"
     ]
 
 
@@ -203,7 +198,8 @@ def tokenize_chat(
     labels = input_ids.masked_fill(~in_span, IGNORE_INDEX)
     media = media_order(messages)
     if max_length is not None and len(ids) > max_length:
-        placeholder_ids = torch.tensor(tokenizer.convert_tokens_to_ids([media_token(m) for m in MEDIA_TYPES]))
+        placeholders = tokenizer.convert_tokens_to_ids([media_token(m) for m in sorted(set(media))])
+        placeholder_ids = torch.tensor(placeholders, dtype=torch.int64)
         if torch.isin(input_ids[max_length:], placeholder_ids).any():
             raise MediaTruncatedError(f"{len(ids)} tokens cut to {max_length} would drop a media placeholder")
         input_ids, labels = input_ids[:max_length], labels[:max_length]
@@ -213,7 +209,6 @@ def tokenize_chat(
 __all__ = [
     "DEFAULT_CHAT_TEMPLATE",
     "IGNORE_INDEX",
-    "MEDIA_TYPES",
     "MediaTruncatedError",
     "TokenizedChat",
     "assistant_spans",

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmfuse.core.attention import attention
-from mmfuse.core.fusion import FeedForward
+from mmfuse.core.layers import FeedForward
 
 
 def frame_differences(hidden_states: Tensor, frame_mask: Tensor) -> Tensor:

@@ -31,38 +31,9 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch import Tensor
 
-from mmfuse.core.text import content_text, media_order, tokenize_chat
-from mmfuse.training.data.chat import ChatExample, collate_media
-
-
-def answer_prompts(example: ChatExample, tokenizer: Any) -> list[tuple[Tensor, list, str, str, str]]:
-    """``(prompt_ids [s], the prompt's media parts, kind, reference, question)`` per assistant turn.
-
-    ``question`` is the text of the user turn before the answer.
-
-    A conversation without ``kinds`` (e.g. a JSONL record that has none) counts as kind ``"chat"``.
-    """
-    prompts = []
-    turns = [i for i, m in enumerate(example.messages) if m["role"] == "assistant"]
-    for turn, kind in zip(turns, example.kinds or ["chat"] * len(turns), strict=True):
-        before = example.messages[:turn]
-        ids = tokenize_chat(tokenizer, before, add_generation_prompt=True).input_ids
-        media = example.media[: len(media_order(before))]
-        reference = content_text(example.messages[turn]["content"]).strip()
-        prompts.append((ids, media, kind, reference, content_text(before[-1]["content"]).strip()))
-    return prompts
-
-
-def left_pad(sequences: list[Tensor], pad_token_id: int) -> tuple[Tensor, Tensor]:
-    """``input_ids`` and ``attention_mask`` ``[b, max_len]``, real tokens flush right (for generation)."""
-    length = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.int64)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, seq in enumerate(sequences):
-        input_ids[row, length - len(seq) :], attention_mask[row, length - len(seq) :] = seq, 1
-    return input_ids, attention_mask
+from mmfuse.core.generation import left_pad
+from mmfuse.training.data.chat import answer_prompts, collate_media
 
 
 class GenerationEval(Callback):
@@ -100,19 +71,18 @@ class GenerationEval(Callback):
         prompts = [p for e in batch["examples"] for p in answer_prompts(e, pl_module.tokenizer)][:budget]
         if not prompts:
             return
-        tokenizer = pl_module.tokenizer
-        input_ids, attention_mask = left_pad([p[0] for p in prompts], tokenizer.pad_token_id)
+        tokenizer, device = pl_module.tokenizer, pl_module.device
+        input_ids, attention_mask = left_pad([p.input_ids for p in prompts], tokenizer.pad_token_id)
         media = {
-            m: {k: v.to(pl_module.device) for k, v in x.items()}
-            for m, x in collate_media([p[1] for p in prompts]).items()
+            m: {k: v.to(device) for k, v in x.items()}
+            for m, x in collate_media([p.media for p in prompts]).items()
         }
-        device = pl_module.device
-        new_ids = pl_module.generate(
-            input_ids.to(device), attention_mask.to(device), media, self.max_new_tokens
+        out = pl_module.model.generate(
+            input_ids.to(device), attention_mask.to(device), media, max_new_tokens=self.max_new_tokens
         )
-        answers = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-        for (_, _, kind, reference, question), answer in zip(prompts, answers, strict=True):
-            self.record(kind, question, reference, answer)
+        answers = tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
+        for prompt, answer in zip(prompts, answers, strict=True):
+            self.record(prompt.kind, prompt.question, prompt.reference, answer)
 
     def record(self, kind: str, question: str, reference: str, answer: str) -> None:
         """Count one greedy ``answer`` (surrounding whitespace stripped) against its ``reference``."""

@@ -1,6 +1,6 @@
 """Lightning DataModules and collators of the mmfuse stages."""
 
 from mmfuse.training.data.chat import ChatDataModule
-from mmfuse.training.data.pairs import PairDataModule
+from mmfuse.training.data.media_text import MediaTextDataModule
 
-__all__ = ["ChatDataModule", "PairDataModule"]
+__all__ = ["ChatDataModule", "MediaTextDataModule"]

@@ -29,18 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
 
-from mmfuse.core.data import EpochLoader, MediaTransform, ShardedStream, count_samples, expand_urls
+from mmfuse.core.data import MediaTransform
 from mmfuse.core.functional import IGNORE_INDEX, shift_labels
 from mmfuse.core.packing import (
     cu_seqlens_from_lengths,
     pack_best_fit_decreasing,
     position_ids_from_cu_seqlens,
 )
-from mmfuse.core.text import load_tokenizer, media_parts, tokenize_chat
+from mmfuse.core.text import content_text, media_order, media_parts, tokenize_chat
+from mmfuse.training.data.base import ShardedDataModule
 
 
 @dataclass
@@ -94,6 +94,38 @@ class ChatDecoder:
             record.get("kinds", []), sample["__key__"],
         )  # fmt: skip
         return {"chat": example}
+
+
+@dataclass
+class AnswerPrompt:
+    """One assistant turn of a conversation as a generation prompt.
+
+    Attributes:
+        input_ids: ``[s]`` int64, the conversation before the turn with the generation prompt.
+        media: the media parts of those messages, ``(modality, tensors)`` in placeholder order.
+        kind: the turn's question kind (``"chat"`` when the conversation names none).
+        reference: the turn's text, stripped.
+        question: the text of the user turn before it, stripped.
+    """
+
+    input_ids: Tensor
+    media: list[tuple[str, dict[str, Tensor]]]
+    kind: str
+    reference: str
+    question: str
+
+
+def answer_prompts(example: ChatExample, tokenizer: Any) -> list[AnswerPrompt]:
+    """One :class:`AnswerPrompt` per assistant turn of ``example``, for evaluation and RL rollouts."""
+    prompts = []
+    turns = [i for i, m in enumerate(example.messages) if m["role"] == "assistant"]
+    for turn, kind in zip(turns, example.kinds or ["chat"] * len(turns), strict=True):
+        before = example.messages[:turn]
+        ids = tokenize_chat(tokenizer, before, add_generation_prompt=True).input_ids
+        reference = content_text(example.messages[turn]["content"]).strip()
+        media = example.media[: len(media_order(before))]
+        prompts.append(AnswerPrompt(ids, media, kind, reference, content_text(before[-1]["content"]).strip()))
+    return prompts
 
 
 def media_bytes(
@@ -186,97 +218,77 @@ def pack_examples(examples: Sequence[ChatExample], max_length: int, pad_token_id
     }  # fmt: skip
 
 
-class ChatDataModule(L.LightningDataModule):
+class ChatDataModule(ShardedDataModule):
     """Chat shards -> batches of ``{"micro_batches": [...], "examples": [...], "num_skipped": int}``.
 
     One training batch is one optimizer step: ``batch_size * accumulate`` conversations, split into
     ``accumulate`` micro-batches of ``batch_size`` conversations, each packed (or padded) as in the
     module docstring. An epoch is ``num_samples // (world_size * batch_size * accumulate)`` steps.
     Validation batches hold ``val_batch_size`` conversations in one micro-batch, and the examples
-    themselves (for generation).
+    themselves (for generation). Shards, workers and resampling:
+    :class:`~mmfuse.training.data.base.ShardedDataModule`.
+
+    The tokenizer is the model's (``trainer.lightning_module.tokenizer``, taken at ``setup``), so the
+    data and the model cannot disagree on it; pass one only to use the module without a trainer.
 
     Args:
         train_shards: brace-notation shard URLs, ``::``-joined: webdataset tars or JSONL files.
         val_shards: the same for validation; None disables validation.
-        tokenizer: tokenizer directory or name (:func:`mmfuse.core.text.load_tokenizer`).
-        image: image transform, when the data has images.
-        audio: audio transform.
-        video: video transform.
+        transforms: modality -> media transform, one per modality of the data (its media parts'
+            ``type``), e.g. ``{"image": ImageTransform(...), "audio": AudioTransform(...)}``.
         max_length: tokens per conversation and per packed row.
         batch_size: conversations per micro-batch.
         accumulate: micro-batches per optimizer step.
         packing: best-fit-decreasing packed rows; False pads one row per conversation.
         val_batch_size: conversations per validation batch.
-        num_workers: dataloader workers (shards >= ranks x workers).
-        shuffle_buffer: samples in the training shuffle buffer.
-        num_samples: training conversations per epoch over all ranks; counted from the shards if None.
-        seed: shard order, shuffle buffer and worker RNG seed.
+        tokenizer: a loaded tokenizer; None takes the model's at ``setup``.
+        num_workers, shuffle_buffer, num_samples, resampled, seed: see
+            :class:`~mmfuse.training.data.base.ShardedDataModule`.
     """
 
     def __init__(
         self,
         train_shards: str,
         val_shards: str | None = None,
-        tokenizer: str = "data/tokenizer",
-        image: MediaTransform | None = None,
-        audio: MediaTransform | None = None,
-        video: MediaTransform | None = None,
+        transforms: dict[str, MediaTransform] | None = None,
         max_length: int = 256,
         batch_size: int = 32,
         accumulate: int = 1,
         packing: bool = True,
         val_batch_size: int = 64,
+        tokenizer: Any = None,
         num_workers: int = 2,
         shuffle_buffer: int = 1000,
         num_samples: int | None = None,
+        resampled: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        self.train_shards, self.val_shards = train_shards, val_shards
-        self.tokenizer = load_tokenizer(tokenizer)
-        transforms = {
-            m: t for m, t in (("image", image), ("audio", audio), ("video", video)) if t is not None
-        }
-        self.decode = ChatDecoder(self.tokenizer, transforms, max_length)
-        self.max_length, self.packing = max_length, packing
-        self.batch_size, self.accumulate, self.val_batch_size = batch_size, accumulate, val_batch_size
-        self.num_workers, self.shuffle_buffer = num_workers, shuffle_buffer
-        self.num_samples, self.seed = num_samples, seed
-
-    def _world_size(self) -> int:
-        return self.trainer.world_size if self.trainer is not None else 1
-
-    def train_dataloader(self) -> EpochLoader:
-        urls = expand_urls(self.train_shards)
-        step_size = self.batch_size * self.accumulate
-        num_samples = self.num_samples or count_samples(urls)
-        num_batches = num_samples // (self._world_size() * step_size)
-        if num_batches == 0:
-            raise ValueError(
-                f"{num_samples} training samples in {self.train_shards!r}, fewer than one step needs:"
-                f" world_size {self._world_size()} x batch_size {self.batch_size} x accumulate"
-                f" {self.accumulate}; lower --data.batch_size"
-            )
-        stream = ShardedStream(
-            urls, self.decode, batch_size=step_size, train=True, seed=self.seed,
-            shuffle_buffer=self.shuffle_buffer, repeat=True,
+        super().__init__(
+            train_shards, val_shards, batch_size=batch_size, val_batch_size=val_batch_size,
+            num_workers=num_workers, shuffle_buffer=shuffle_buffer, num_samples=num_samples,
+            resampled=resampled, seed=seed,
         )  # fmt: skip
-        return EpochLoader(stream, num_batches=num_batches, num_workers=self.num_workers, seed=self.seed)
+        self.transforms = dict(transforms or {})
+        self.tokenizer = tokenizer
+        self.max_length, self.packing, self.accumulate = max_length, packing, accumulate
 
-    def val_dataloader(self) -> EpochLoader | list:
-        if self.val_shards is None:
-            return []
-        urls = expand_urls(self.val_shards)
-        split = len(urls) < self._world_size() * max(self.num_workers, 1)
-        stream = ShardedStream(
-            urls,
-            self.decode,
-            batch_size=self.val_batch_size,
-            train=False,
-            shuffle_buffer=0,
-            split_samples=split,
-        )
-        return EpochLoader(stream, num_batches=None, num_workers=self.num_workers)
+    @property
+    def step_size(self) -> int:
+        return self.batch_size * self.accumulate
+
+    def setup(self, stage: str) -> None:
+        """Take the model's tokenizer when none was given.
+
+        Raises:
+            ValueError: no tokenizer given and the model has none.
+        """
+        if self.tokenizer is None:
+            self.tokenizer = getattr(self.trainer.lightning_module, "tokenizer", None)
+        if self.tokenizer is None:
+            raise ValueError("ChatDataModule needs a tokenizer: the model has none and none was given")
+
+    def decoder(self) -> ChatDecoder:
+        return ChatDecoder(self.tokenizer, self.transforms, self.max_length)
 
     def micro_batch(self, examples: Sequence[ChatExample]) -> dict[str, Any]:
         """Pack (or pad) conversations into one micro-batch."""
@@ -295,9 +307,11 @@ class ChatDataModule(L.LightningDataModule):
 
 
 __all__ = [
+    "AnswerPrompt",
     "ChatDataModule",
     "ChatDecoder",
     "ChatExample",
+    "answer_prompts",
     "collate_media",
     "media_bytes",
     "pack_examples",

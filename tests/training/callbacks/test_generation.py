@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from mmfuse.core.text import load_tokenizer
-from mmfuse.training.callbacks.generation import GenerationEval, answer_prompts
-from mmfuse.training.data.chat import ChatExample
+from mmfuse.training.callbacks.generation import GenerationEval
+from mmfuse.training.data.chat import ChatExample, answer_prompts
 
-TOKENIZER = str(Path(__file__).resolve().parents[2] / "data" / "tokenizer")
+TOKENIZER = str(Path(__file__).resolve().parents[3] / "data" / "tokenizer")
 
 
 def _observe(callback: GenerationEval, answers: list[tuple[str, str, str]], nll: float, tokens: int) -> None:
@@ -70,6 +70,9 @@ def test_every_assistant_turn_is_a_question_and_missing_kinds_count_as_chat():
     tokenizer = load_tokenizer(TOKENIZER)
     empty = torch.zeros(0, dtype=torch.int64)
     prompts = answer_prompts(ChatExample(empty, empty, [], messages), tokenizer)
-    assert [p[2:] for p in prompts] == [("chat", "hello", "Hi"), ("chat", "bye", "Again")]
-    second_prompt = tokenizer.decode(prompts[1][0])
+    assert [(p.kind, p.reference, p.question) for p in prompts] == [
+        ("chat", "hello", "Hi"),
+        ("chat", "bye", "Again"),
+    ]
+    second_prompt = tokenizer.decode(prompts[1].input_ids)
     assert "hello" in second_prompt and "bye" not in second_prompt
