@@ -24,9 +24,10 @@ import torch
 import yaml
 
 from mmfuse.core.data import EpochLoader, MediaTextDecoder, ShardedStream, expand_urls
+from mmfuse.core.text import OpenClipTextEncoder
 from mmfuse.training.optim import adamw_param_groups
 from mmfuse.training.stages.align import ContrastiveAlignment
-from mmfuse.vision import ImageTransform, OpenClipTextEncoder, OpenClipVisionEncoder
+from mmfuse.vision import ImageTransform, OpenClipVisionEncoder
 
 CONFIG = "training/configs/align/image_text.yaml"
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from mmfuse.core.functional import IGNORE_INDEX, shift_labels, token_logps
+from mmfuse.core.model import LM_KEYS, build_language_model
 from mmfuse.core.text import content_text, load_tokenizer, tokenize_chat
 from mmfuse.training.data.chat import ChatExample, pack_examples, pad_examples
-from mmfuse.core.model import LM_KEYS, build_language_model
 
 REPO = Path(__file__).resolve().parents[1]
 LM = dict(

@@ -303,7 +303,8 @@ class ChatDataModule(ShardedDataModule):
         examples: list[ChatExample] = batch["chat"]
         size = self.batch_size if self.trainer is None or self.trainer.training else len(examples)
         micro_batches = [self.micro_batch(examples[i : i + size]) for i in range(0, len(examples), size)]
-        return {"micro_batches": micro_batches, "examples": examples, "num_skipped": batch["num_skipped"]}
+        return {"micro_batches": micro_batches, "examples": examples, "num_skipped": batch["num_skipped"],
+                "mix": batch.get("mix")}  # fmt: skip
 
 
 __all__ = [

@@ -11,9 +11,10 @@ A stage receives its :class:`~mmfuse.core.model.MultimodalLM` and defines its lo
   micro-batches and ranks (transformers' ``num_items_in_batch``): accumulating micro-batches of any
   sizes on any number of ranks gives the gradient of one big batch, and a micro-batch without units
   adds nothing (no NaN). Keep ``trainer.accumulate_grad_batches`` at 1 and size the step in the data;
-* clipping by global norm, ``data/skipped`` (:func:`log_skipped`), and ``init_from``: the weights of
-  a previous stage's checkpoint (``model.*``, read with ``weights_only=True``), so SFT -> DPO -> GRPO
-  is one argument per step. A resumed run (``--ckpt_path``) restores its own weights over them.
+* clipping by global norm; ``data/skipped`` and ``data/mix/*``
+  (:func:`~mmfuse.training.data.base.log_data`); ``init_from``: the weights of a previous stage's
+  checkpoint (``model.*``, read with ``weights_only=True``), so SFT -> DPO -> GRPO is one argument per
+  step. A resumed run (``--ckpt_path``) restores its own weights over them.
 """
 
 from __future__ import annotations
@@ -25,12 +26,8 @@ import torch
 from torch import Tensor
 
 from mmfuse.core.model import MultimodalLM
+from mmfuse.training.data.base import log_data
 from mmfuse.training.optim import adamw_param_groups, warmup_cosine
-
-
-def log_skipped(module: L.LightningModule, batch: dict[str, Any], name: str = "data/skipped") -> None:
-    """Log the corrupt samples skipped before this batch, summed per epoch (one meaning everywhere)."""
-    module.log(name, float(batch.get("num_skipped", 0)), on_step=False, on_epoch=True, reduce_fx="sum")
 
 
 def load_stage_weights(path: str, prefix: str = "model.") -> dict[str, Tensor]:
@@ -145,7 +142,7 @@ class LMStage(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, reduce_fx="sum", sync_dist=True)
         self.log_dict({f"train/{k}": v for k, v in metrics.items()}, reduce_fx="sum", sync_dist=True)
         self.log(f"train/{self.units_name}", float(local), reduce_fx="sum")
-        log_skipped(self, batch)
+        log_data(self, batch)
         return loss
 
     def configure_optimizers(self) -> dict:
@@ -158,4 +155,4 @@ class LMStage(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-__all__ = ["LMStage", "load_stage_weights", "log_skipped"]
+__all__ = ["LMStage", "load_stage_weights"]
