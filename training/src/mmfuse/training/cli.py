@@ -1,4 +1,5 @@
-"""The ``mmfuse`` command: LightningCLI (fit / validate / test / predict) plus ``mmfuse report``.
+"""The ``mmfuse`` command: LightningCLI (fit / validate / test / predict), ``mmfuse report`` and
+``mmfuse eval`` (validation with confidence intervals, :mod:`mmfuse.training.evaluation`).
 
 Every stage is a LightningModule and every dataset a LightningDataModule chosen in YAML by
 ``class_path`` / ``init_args`` (one config system: jsonargparse). Defaults added here:
@@ -94,5 +95,10 @@ def main() -> None:
         from mmfuse.training.report import main as report_main
 
         report_main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["eval"]:
+        from mmfuse.training.evaluation import main as eval_main
+
+        eval_main(sys.argv[2:])
         return
     cli_main()

@@ -106,6 +106,7 @@ class AnswerPrompt:
         kind: the turn's question kind (``"chat"`` when the conversation names none).
         reference: the turn's text, stripped.
         question: the text of the user turn before it, stripped.
+        key: the conversation's key and the turn, ``"<key>#<turn>"``.
     """
 
     input_ids: Tensor
@@ -113,6 +114,7 @@ class AnswerPrompt:
     kind: str
     reference: str
     question: str
+    key: str = ""
 
 
 def answer_prompts(example: ChatExample, tokenizer: Any) -> list[AnswerPrompt]:
@@ -124,7 +126,8 @@ def answer_prompts(example: ChatExample, tokenizer: Any) -> list[AnswerPrompt]:
         ids = tokenize_chat(tokenizer, before, add_generation_prompt=True).input_ids
         reference = content_text(example.messages[turn]["content"]).strip()
         media = example.media[: len(media_order(before))]
-        prompts.append(AnswerPrompt(ids, media, kind, reference, content_text(before[-1]["content"]).strip()))
+        question = content_text(before[-1]["content"]).strip()
+        prompts.append(AnswerPrompt(ids, media, kind, reference, question, f"{example.key}#{turn}"))
     return prompts
 
 
