@@ -4,9 +4,9 @@ Each backend turns the same encoded clips into the frames :class:`mmfuse.video.U
 picks, as ``[t, h, w, 3]`` uint8 resized to the output size, in one process on one thread (the
 budget of one dataloader worker):
 
-* decord: :class:`mmfuse.video.decoding.DecordReader` (``VideoReader`` + ``get_batch``, resize in
+* decord: :class:`mmfuse.video.decode.DecordReader` (``VideoReader`` + ``get_batch``, resize in
   FFmpeg 4.1's scale filter, ``seek(0)`` after each read);
-* torchcodec: :class:`mmfuse.video.decoding.TorchCodecReader` (``VideoDecoder`` exact seek mode +
+* torchcodec: :class:`mmfuse.video.decode.TorchCodecReader` (``VideoDecoder`` exact seek mode +
   ``get_frames_at``, ``Resize`` decoder transform; needs the system FFmpeg libraries, on Debian 12
   ``apt-get install libavutil57 libavcodec59 libavformat59 libavdevice59 libavfilter8 libswscale6
   libswresample4``);
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from mmfuse.core.data import expand_urls
-from mmfuse.video.decoding import DecordReader, TorchCodecReader
+from mmfuse.video.decode import DecordReader, TorchCodecReader
 from mmfuse.video.sampling import UniformSampler
 
 Decode = Callable[[bytes], torch.Tensor]

@@ -9,9 +9,9 @@ from shards import write_shard
 from video_bytes import frame_numbers, numbered_clip
 
 from mmfuse.core.data import PairDecoder, ShardedStream, expand_urls
-from mmfuse.video.decoding import VideoDecodeError
+from mmfuse.video.decode import VideoDecodeError
 from mmfuse.video.sampling import SegmentSampler, UniformSampler
-from mmfuse.video.transforms import VideoTransform
+from mmfuse.video.transform import VideoTransform
 
 
 def to_uint8(pixel_values_videos: torch.Tensor) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 A sampler maps a clip's length (and frame rate) to at most ``num_frames`` frame indices in
 increasing order. A clip with fewer frames than a sampler asks for gives fewer indices; the
-transform pads the rest and marks them in ``frame_mask`` (see :mod:`mmfuse.video.transforms`).
+transform pads the rest and marks them in ``frame_mask`` (see :mod:`mmfuse.video.transform`).
 
 All index arithmetic is integer (or one float product for the frame rate), so the indices for
 a given length are exact and the tests can pin them.
@@ -17,7 +17,7 @@ import torch
 
 
 class FrameSampler(Protocol):
-    """What :class:`~mmfuse.video.transforms.VideoTransform` needs of a sampler.
+    """What :class:`~mmfuse.video.transform.VideoTransform` needs of a sampler.
 
     Attributes:
         num_frames: the most indices a call returns; the transform's ``t``.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mmfuse.video.decoding import Backend, decord_supports_width, open_video
+from mmfuse.video.decode import Backend, decord_supports_width, open_video
 from mmfuse.video.sampling import FrameSampler, UniformSampler
 from mmfuse.vision import normalize
 
@@ -55,7 +55,7 @@ class VideoTransform:
         """Decode, sample, normalise and pad one clip.
 
         Raises:
-            mmfuse.video.decoding.VideoDecodeError: for corrupt, truncated or empty clips.
+            mmfuse.video.decode.VideoDecodeError: for corrupt, truncated or empty clips.
         """
         reader = open_video(data, height=self.height, width=self.width, backend=self.backend)
         indices = self.sampler(reader.num_frames, reader.average_fps, train=train)

@@ -3,7 +3,7 @@ import os
 import pytest
 from video_bytes import frame_numbers, numbered_clip
 
-from mmfuse.video.decoding import VideoDecodeError, decord_supports_width, open_video
+from mmfuse.video.decode import VideoDecodeError, decord_supports_width, open_video
 
 torchcodec = pytest.importorskip("torchcodec")
 BACKENDS = [
