@@ -1,4 +1,4 @@
-"""The ``mmfuse`` command: LightningCLI (fit / validate / test / predict) plus ``mmfuse report``.
+"""The ``mmfuse`` command: LightningCLI (fit / validate / test / predict), ``mmfuse report`` and ``mmfuse data``.
 
 Every stage is a LightningModule and every dataset a LightningDataModule chosen in YAML by
 ``class_path`` / ``init_args`` (one config system: jsonargparse). Defaults added here:
@@ -91,4 +91,8 @@ def main() -> None:
 
         report_main(sys.argv[2:])
         return
+    if sys.argv[1:2] == ["data"]:
+        from mmfuse.training.datatools import main as data_main
+
+        sys.exit(data_main(sys.argv[2:]))
     cli_main()
