@@ -1,4 +1,4 @@
-"""The ``mmfuse`` command: LightningCLI (fit / validate / test / predict), ``mmfuse report`` and ``mmfuse data``.
+"""The ``mmfuse`` command: LightningCLI (fit / validate / test / predict), ``mmfuse report``, ``mmfuse data``.
 
 Every stage is a LightningModule and every dataset a LightningDataModule chosen in YAML by
 ``class_path`` / ``init_args`` (one config system: jsonargparse). Defaults added here:

@@ -103,9 +103,19 @@ def _column(row: dict[str, Any], given: str | None, candidates: tuple[str, ...],
 
 
 def table_samples(
-    path: Path, source: str, on_skip: Skip, *, media_column: str | None, caption_column: str | None
+    path: Path,
+    source: str,
+    on_skip: Skip,
+    *,
+    media_column: str | None,
+    caption_column: str | None,
+    prefix: str = "",
 ) -> Iterator[tuple[str, Sample]]:
-    """Rows of a table with a media path (relative to the table's folder) and a caption."""
+    """Rows of a table with a media path (relative to the table's folder) and a caption.
+
+    ``prefix``: the table's folder relative to the input (a Hugging Face split folder), so that
+    ``train/a.wav`` and ``test/a.wav`` get different keys.
+    """
     seen: dict[str, int] = {}
     for number, row in enumerate(_rows(path), start=1):
         where = f"{path.name}:{number}"
@@ -123,10 +133,11 @@ def table_samples(
             on_skip(where, f"{type(exn).__name__}: {exn}")
             continue
         meta = {k: v for k, v in row.items() if k not in (media_key, caption_key)}
-        group = slug(f"{source}/{relative.rpartition('.')[0]}")
+        file = f"{prefix}/{relative}" if prefix else relative
+        group = slug(f"{source}/{file.rpartition('.')[0]}")
         seen[group] = seen.get(group, 0) + 1
         key = group if seen[group] == 1 else f"{group}-{seen[group]}"  # more captions of one file
-        yield group, make_sample(key, ext, data, caption, {**meta, "source": source, "file": relative})
+        yield group, make_sample(key, ext, data, caption, {**meta, "source": source, "file": file})
 
 
 def metadata_samples(
@@ -137,7 +148,9 @@ def metadata_samples(
         subdirs.sort()
         for name in METADATA_FILES:
             if name in files:
-                yield from table_samples(Path(directory) / name, source, on_skip, **columns)
+                prefix = Path(directory).relative_to(root).as_posix()
+                prefix = "" if prefix == "." else prefix
+                yield from table_samples(Path(directory) / name, source, on_skip, prefix=prefix, **columns)
 
 
 def tar_samples(url: str, on_skip: Skip) -> Iterator[tuple[str, Sample]]:
