@@ -40,18 +40,17 @@ def test_folder_of_images_and_captions(tmp_path: Path) -> None:
         {"input": str(root), "item": "orphan.png", "reason": "no caption file orphan.txt"}
     ]
     samples = built(tmp_path / "shards")
-    keys = {f"photos-{'birds-' if i % 2 else ''}img-{i}": i for i in range(40)}
+    keys = {f"photos-{'birds-' if i % 2 else ''}img-{i}-png": i for i in range(40)}
     assert {k for split in samples.values() for k in split} == set(keys)
     for split, members in samples.items():
         for key, sample in members.items():
             i = keys[key]
-            assert split_of(key, 15) == split
+            assert split_of(key.removesuffix("-png"), 15) == split  # split by the file's stem
             assert sample["png"] == png(i) and sample["txt"] == f"photo number {i}".encode()
             meta = json.loads(sample["json"])
             assert meta["source"] == "photos" and meta["file"].endswith(f"img {i}.png")
-    assert json.loads(samples[split_of("photos-birds-img-1", 15)]["photos-birds-img-1"]["json"])[
-        "url"
-    ].endswith("/1")
+    bird = samples[split_of("photos-birds-img-1", 15)]["photos-birds-img-1-png"]
+    assert json.loads(bird["json"])["url"].endswith("/1")
     n_train = len(samples["train"])
     assert [Path(p).name for p in result["splits"]["train"]["shards"]] == [
         f"train-{i:06d}.tar" for i in range(-(-n_train // 8))
@@ -110,3 +109,24 @@ def test_parse_size() -> None:
     assert parse_size("256MB") == 256e6 and parse_size("1.5g") == 1.5e9 and parse_size("1000") == 1000
     with pytest.raises(ValueError, match="--shard_size"):
         parse_size("lots")
+
+
+def test_modality_filter(tmp_path: Path) -> None:
+    """Stamps whose sound effects share their names and captions: --modality image keeps the pictures."""
+    root = tmp_path / "stamps"
+    root.mkdir()
+    for i in range(3):
+        (root / f"s{i}.png").write_bytes(png(i))
+        (root / f"s{i}.ogg").write_bytes(encode_audio(chirp(300, 500), "OGG", subtype="VORBIS"))
+        (root / f"s{i}.txt").write_text(f"stamp {i}")
+    assert run(["build", root, "--out", tmp_path / "both", "--val_percent", 0]) == 0
+    assert {ext for s in built(tmp_path / "both")["train"].values() for ext in s} == {
+        "png",
+        "ogg",
+        "txt",
+        "json",
+    }
+    assert len(built(tmp_path / "both")["train"]) == 6  # a picture sample and a sound sample per stem
+    assert run(["build", root, "--out", tmp_path / "img", "--val_percent", 0, "--modality", "image"]) == 0
+    assert {ext for s in built(tmp_path / "img")["train"].values() for ext in s} == {"png", "txt", "json"}
+    assert report(tmp_path / "img", "build")["skipped"] == []

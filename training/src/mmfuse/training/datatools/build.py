@@ -21,9 +21,10 @@ from typing import Any
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from mmfuse.training.datatools.parts import MODALITY_EXTENSIONS
 from mmfuse.training.datatools.reporting import print_lines, print_table, subcommand, write_json
 from mmfuse.training.datatools.shards import SplitWriter, brace_url, console, split_of
-from mmfuse.training.datatools.sources import input_samples
+from mmfuse.training.datatools.sources import Options, input_samples
 
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
@@ -47,11 +48,8 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     )
     skipped: list[dict[str, str]] = []
     seen: set[str] = set()
-    columns = {
-        "source": args.source,
-        "media_column": args.media_column,
-        "caption_column": args.caption_column,
-    }
+    modalities = frozenset(args.modality) if args.modality else None
+    options = Options(args.source, args.media_column, args.caption_column, modalities)
     progress = Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
     )
@@ -62,7 +60,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
             def on_skip(what: str, reason: str, spec: str = spec) -> None:
                 skipped.append({"input": spec, "item": what, "reason": reason})
 
-            for group, sample in input_samples(spec, on_skip, **columns):
+            for group, sample in input_samples(spec, options, on_skip):
                 if sample["__key__"] in seen:
                     on_skip(sample["__key__"], "duplicate key (an earlier input has the same path or key)")
                     continue
@@ -122,6 +120,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--max_count", type=int, default=10000, help="samples per shard")
     parser.add_argument("--gzip", action="store_true", help="write .tar.gz shards")
     parser.add_argument("--source", default=None, help="json 'source' of the samples (default: input name)")
+    parser.add_argument(
+        "--modality", action="append", choices=sorted(MODALITY_EXTENSIONS), help="keep only it (repeatable)"
+    )
     parser.add_argument("--media_column", default=None, help="media path column of a table")
     parser.add_argument("--caption_column", default=None, help="caption column of a table")
     parser.set_defaults(run=run)

@@ -15,6 +15,8 @@ time. Layouts:
   ``.json`` per sample): samples are copied as they are.
 
 Bad items (no caption, a missing file, a row without a media path) go to ``on_skip(what, reason)``.
+Media of a modality outside ``Options.modalities`` are left out (a folder of stamps whose sound
+effects share the pictures' names and captions gives pictures only with ``--modality image``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,28 @@ METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 Skip = Callable[[str, str], None]
 
 
+@dataclass(frozen=True)
+class Options:
+    """How to read an input.
+
+    Attributes:
+        source: json ``source`` of its samples and prefix of their keys (default: the input's name).
+        media_column: media path column of a table (default: the first of :data:`MEDIA_COLUMNS`).
+        caption_column: caption column of a table (default: the first of :data:`CAPTION_COLUMNS`).
+        modalities: modalities to keep (None: every one a transform reads).
+    """
+
+    source: str | None = None
+    media_column: str | None = None
+    caption_column: str | None = None
+    modalities: frozenset[str] | None = None
+
+    def media(self, ext: str) -> bool:
+        """Whether a file with extension ``ext`` is media to keep."""
+        modality = modality_of(ext)
+        return modality is not None and (self.modalities is None or modality in self.modalities)
+
+
 def slug(name: str) -> str:
     """A webdataset key from a path: every run of characters outside ``[A-Za-z0-9_-]`` -> ``-``.
 
@@ -47,19 +72,24 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")
 
 
+def stem_of(relative: str) -> str:
+    """``dir/name.ext`` -> ``dir/name``."""
+    return relative.rpartition(".")[0] or relative
+
+
 def make_sample(key: str, ext: str, media: bytes, caption: str, meta: dict[str, Any]) -> Sample:
     """A media-text sample as the pair decoder reads it (``.txt`` caption, ``.json`` metadata)."""
     return {"__key__": key, ext: media, "txt": caption.encode(),
             "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()}  # fmt: skip
 
 
-def folder_samples(root: Path, source: str, on_skip: Skip) -> Iterator[tuple[str, Sample]]:
-    """Media files with a same-named ``.txt`` caption, in sorted path order."""
+def folder_samples(root: Path, source: str, options: Options, on_skip: Skip) -> Iterator[tuple[str, Sample]]:
+    """Media files with a same-named ``.txt`` caption (the whole file, stripped), in sorted path order."""
     for directory, subdirs, files in os.walk(root):
         subdirs.sort()
         for name in sorted(files):
             stem, _, ext = name.rpartition(".")
-            if not stem or modality_of(ext) is None:
+            if not stem or not options.media(ext):
                 continue
             path = Path(directory) / name
             relative = path.relative_to(root).as_posix()
@@ -74,8 +104,10 @@ def folder_samples(root: Path, source: str, on_skip: Skip) -> Iterator[tuple[str
             meta_path = path.with_name(f"{stem}.json")
             meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
             meta = {**meta, "source": source, "file": relative}
-            group = slug(f"{source}/{relative.rpartition('.')[0]}")
-            yield group, make_sample(group, ext.lower(), path.read_bytes(), caption, meta)
+            # the key names the file (a picture and a sound may share a stem and a caption); the
+            # split group is the stem, so they land in the same split
+            group, key = slug(f"{source}/{stem_of(relative)}"), slug(f"{source}/{relative}")
+            yield group, make_sample(key, ext.lower(), path.read_bytes(), caption, meta)
 
 
 def _rows(path: Path) -> Iterator[dict[str, Any]]:
@@ -103,13 +135,7 @@ def _column(row: dict[str, Any], given: str | None, candidates: tuple[str, ...],
 
 
 def table_samples(
-    path: Path,
-    source: str,
-    on_skip: Skip,
-    *,
-    media_column: str | None,
-    caption_column: str | None,
-    prefix: str = "",
+    path: Path, source: str, options: Options, on_skip: Skip, prefix: str = ""
 ) -> Iterator[tuple[str, Sample]]:
     """Rows of a table with a media path (relative to the table's folder) and a caption.
 
@@ -120,12 +146,14 @@ def table_samples(
     for number, row in enumerate(_rows(path), start=1):
         where = f"{path.name}:{number}"
         try:
-            media_key = _column(row, media_column, MEDIA_COLUMNS, "media")
-            caption_key = _column(row, caption_column, CAPTION_COLUMNS, "caption")
+            media_key = _column(row, options.media_column, MEDIA_COLUMNS, "media")
+            caption_key = _column(row, options.caption_column, CAPTION_COLUMNS, "caption")
             relative, caption = str(row[media_key]), str(row[caption_key] or "").strip()
             ext = relative.rpartition(".")[2].lower()
-            if modality_of(ext) is None:
-                raise ValueError(f"{relative!r} has no media extension a transform reads")
+            if not options.media(ext):
+                raise ValueError(
+                    f"{relative!r} is not media of {sorted(options.modalities or ['any modality'])}"
+                )
             if not caption:
                 raise ValueError("empty caption")
             data = (path.parent / relative).read_bytes()
@@ -134,14 +162,14 @@ def table_samples(
             continue
         meta = {k: v for k, v in row.items() if k not in (media_key, caption_key)}
         file = f"{prefix}/{relative}" if prefix else relative
-        group = slug(f"{source}/{file.rpartition('.')[0]}")
+        group = slug(f"{source}/{stem_of(file)}")
         seen[group] = seen.get(group, 0) + 1
         key = group if seen[group] == 1 else f"{group}-{seen[group]}"  # more captions of one file
         yield group, make_sample(key, ext, data, caption, {**meta, "source": source, "file": file})
 
 
 def metadata_samples(
-    root: Path, source: str, on_skip: Skip, **columns: str | None
+    root: Path, source: str, options: Options, on_skip: Skip
 ) -> Iterator[tuple[str, Sample]]:
     """Every ``metadata.jsonl`` / ``metadata.csv`` table under ``root`` (Hugging Face folder layouts)."""
     for directory, subdirs, files in os.walk(root):
@@ -149,12 +177,13 @@ def metadata_samples(
         for name in METADATA_FILES:
             if name in files:
                 prefix = Path(directory).relative_to(root).as_posix()
-                prefix = "" if prefix == "." else prefix
-                yield from table_samples(Path(directory) / name, source, on_skip, prefix=prefix, **columns)
+                yield from table_samples(
+                    Path(directory) / name, source, options, on_skip, "" if prefix == "." else prefix
+                )
 
 
 def tar_samples(url: str, on_skip: Skip) -> Iterator[tuple[str, Sample]]:
-    """The samples of webdataset shards, keyed and grouped by their own keys."""
+    """The samples of webdataset shards, keyed and grouped by their own keys, copied whole."""
     for shard in resolve_shards([url]):
 
         def handler(exn: Exception, shard: str = shard) -> bool:
@@ -164,28 +193,24 @@ def tar_samples(url: str, on_skip: Skip) -> Iterator[tuple[str, Sample]]:
         for sample in shards_to_samples([{"url": shard}], handler=handler):
             yield (
                 sample["__key__"],
-                {k: v for k, v in sample.items() if not k.startswith("_") or k == "__key__"},
+                {k: v for k, v in sample.items() if k == "__key__" or not k.startswith("_")},
             )
 
 
-def input_samples(
-    spec: str, on_skip: Skip, *, source: str | None, media_column: str | None, caption_column: str | None
-) -> Iterator[tuple[str, Sample]]:
+def input_samples(spec: str, options: Options, on_skip: Skip) -> Iterator[tuple[str, Sample]]:
     """The samples of one input (a folder, a table file, or tar shards), by its layout.
 
     Raises:
         FileNotFoundError: ``spec`` names nothing that exists.
     """
     path = Path(spec)
-    name = source or path.stem.split(".")[0] or "data"
-    columns = {"media_column": media_column, "caption_column": caption_column}
+    source = options.source or path.stem.split(".")[0] or "data"
     if path.is_dir():
-        has_metadata = any(set(METADATA_FILES) & set(files) for _, _, files in os.walk(path))
-        if has_metadata:
-            return metadata_samples(path, name, on_skip, **columns)
-        return folder_samples(path, name, on_skip)
+        if any(set(METADATA_FILES) & set(files) for _, _, files in os.walk(path)):
+            return metadata_samples(path, source, options, on_skip)
+        return folder_samples(path, source, options, on_skip)
     if spec.endswith((".tar", ".tar.gz", ".tgz")) or "{" in spec:
         return tar_samples(spec, on_skip)
     if path.is_file():
-        return table_samples(path, name, on_skip, **columns)
+        return table_samples(path, source, options, on_skip)
     raise FileNotFoundError(f"input not found: {spec}")
