@@ -129,9 +129,8 @@ def untouched_hits(baseline: Path, name: str, measure: str) -> set[str]:
     return {i["key"] for s in report["sets"].values() for i in s["items_hit"] if measure in i["measures"]}
 
 
-def plant(out: Path, seed: int) -> None:
+def plant(out: Path, seed: int, baseline: Path) -> None:
     rng = random.Random(seed)
-    baseline = out / "baseline"
     truth: dict[str, list[dict]] = defaultdict(list)
     for name in SETS:
         if not (baseline / name / "decontaminate.json").exists():
@@ -255,6 +254,7 @@ def main() -> None:
     parser.add_argument("step", choices=("baseline", "plant", "run", "score"))
     parser.add_argument("--out", type=Path, default=REPO / "runs/data/faults")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline", type=Path, default=None, help="baseline reports (default OUT/baseline)")
     args = parser.parse_args()
     if args.step in ("baseline", "run"):
         for command in commands(args.out, "baseline" if args.step == "baseline" else "planted"):
@@ -264,7 +264,7 @@ def main() -> None:
                 [str(Path(sys.executable).parent / command[0]), *command[1:]], check=True, cwd=REPO
             )
     elif args.step == "plant":
-        plant(args.out, args.seed)
+        plant(args.out, args.seed, args.baseline or args.out / "baseline")
     else:
         print(json.dumps(score(args.out), indent=2))
 

@@ -7,7 +7,7 @@ An evaluation item is hit by a training sample when
   again as ``text_equal`` when the whole normalised texts are equal (a short caption such as
   "rook" is contained in "a black rook" but equals only "Rook!"); or
 * **media:** a training media item of the same modality is a near duplicate of one of the item's
-  (pHash within ``--max_hamming`` bits per 64 and thumbnail within ``--max_rms``, as ``dedup``).
+  (pHash and thumbnail within the modality's thresholds, as ``dedup``).
 
 The evaluation sets are indexed in memory (their fingerprints and n-grams); the training shards
 stream past them once. ``decontaminate.json`` has, per evaluation set, every item hit, by which
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mmfuse.training.datatools.measures import measure
-from mmfuse.training.datatools.near import MAX_HAMMING, MAX_RMS, NearIndex
+from mmfuse.training.datatools.near import NearIndex, Thresholds, add_threshold_arguments, near_thresholds
 from mmfuse.training.datatools.reporting import print_lines, print_table, subcommand, write_json
 from mmfuse.training.datatools.shards import ReadErrors, brace_url, copy_shards, read_samples, resolve_shards
 from mmfuse.training.datatools.textmatch import NgramIndex, normalize
@@ -37,14 +37,13 @@ class EvalIndex:
 
     Args:
         ngram: n-gram length in words.
-        max_hamming: pHash bits per 64 of a near-duplicate media item.
-        max_rms: thumbnail RMS difference of a near-duplicate media item.
+        thresholds: modality -> (pHash bits per 64, thumbnail RMS) of a near-duplicate media item.
     """
 
-    def __init__(self, ngram: int, max_hamming: int, max_rms: float) -> None:
+    def __init__(self, ngram: int, thresholds: Thresholds) -> None:
         self.text = NgramIndex(ngram)
         self.normalized: dict[ItemId, str] = {}
-        self.media: dict[str, NearIndex] = defaultdict(lambda: NearIndex(max_hamming, max_rms))
+        self.media = {modality: NearIndex(*limits) for modality, limits in thresholds.items()}
         self.items: dict[str, list[ItemId]] = defaultdict(list)
         self.unmeasured: list[dict[str, str]] = []
 
@@ -74,7 +73,7 @@ class EvalIndex:
         measures = measure(sample)
         found: dict[ItemId, list[dict[str, Any]]] = defaultdict(list)
         for modality, fingerprint in measures.media:
-            for item, bits, rms in self.media[modality].query(fingerprint) if modality in self.media else []:
+            for item, bits, rms in self.media[modality].query(fingerprint):
                 found[item].append({"measure": modality, "hamming": bits, "rms": round(rms, 4)})
         if measures.text:
             text = normalize(measures.text)
@@ -168,9 +167,10 @@ def run(args: argparse.Namespace) -> int:
     """Decontaminate, write ``decontaminate.json`` (and ``--filtered`` shards), print the summary."""
     train = resolve_shards(args.train)
     evals = _eval_sets(args.eval)
-    index = EvalIndex(args.ngram, args.max_hamming, args.max_rms)
+    thresholds = near_thresholds(args.max_hamming, args.max_rms)
+    index = EvalIndex(args.ngram, thresholds)
     report, hitting = decontaminate(train, evals, index, args.max_listed)
-    report["thresholds"] = {"ngram": args.ngram, "max_hamming": args.max_hamming, "max_rms": args.max_rms}
+    report["thresholds"] = {"ngram": args.ngram, "media": thresholds}
     report["filtered"] = None
     if args.filtered:
         counts = copy_shards(
@@ -203,7 +203,6 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/data/decontaminate"), help="report directory")
     parser.add_argument("--filtered", type=Path, default=None, help="write training shards without the hits")
     parser.add_argument("--ngram", type=int, default=13, help="n-gram length in words")
-    parser.add_argument("--max_hamming", type=int, default=MAX_HAMMING, help="pHash bits per 64")
-    parser.add_argument("--max_rms", type=float, default=MAX_RMS, help="thumbnail RMS difference")
+    add_threshold_arguments(parser)
     parser.add_argument("--max_listed", type=int, default=20, help="training samples listed per item")
     parser.set_defaults(run=run)

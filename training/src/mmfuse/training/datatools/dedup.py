@@ -7,8 +7,9 @@ SHA-256 and a spectrogram pHash; video by 4 frames), its text by MinHash-LSH. Tw
 * **exact duplicates** when their media content and text are identical (SHA-256; for audio, of the
   decoded waveform, so a re-muxed copy counts);
 * **near duplicates** (``--match all``, the default) when they have the same kinds of content and
-  every kind matches: each modality within the pHash and thumbnail thresholds, the texts at least
-  ``--text_threshold`` similar (estimated Jaccard over character 5-grams). ``--match any``: one
+  every kind matches: each modality within its pHash and thumbnail thresholds (``media.NEAR``;
+  ``--max_hamming`` / ``--max_rms`` override them), the texts at least ``--text_threshold``
+  similar (estimated Jaccard over character 5-grams). ``--match any``: one
   matching kind is enough. With ``all``, two captions of one picture (COCO-style) and one caption
   template on two different digits are not duplicates; with ``any`` they are.
 
@@ -27,7 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from mmfuse.training.datatools.measures import Measures, measure
-from mmfuse.training.datatools.near import MAX_HAMMING, MAX_RMS, DisjointSet, NearIndex
+from mmfuse.training.datatools.near import (
+    DisjointSet,
+    NearIndex,
+    Thresholds,
+    add_threshold_arguments,
+    near_thresholds,
+)
 from mmfuse.training.datatools.reporting import print_lines, print_table, subcommand, write_json
 from mmfuse.training.datatools.shards import ReadErrors, brace_url, copy_shards, read_samples, resolve_shards
 from mmfuse.training.datatools.textmatch import TextNearIndex
@@ -39,21 +46,18 @@ class Deduplicator:
     """Streams samples in, finds each one's duplicates among those seen before.
 
     Args:
-        max_hamming: pHash bits per 64 of a near-duplicate media item.
-        max_rms: thumbnail RMS difference of a near-duplicate media item.
+        thresholds: modality -> (pHash bits per 64, thumbnail RMS) of a near-duplicate media item.
         text_threshold: estimated Jaccard similarity of near-duplicate texts.
         num_perm: MinHash permutations.
         match: ``"all"`` (every kind of content must match) or ``"any"``.
     """
 
-    def __init__(
-        self, max_hamming: int, max_rms: float, text_threshold: float, num_perm: int, match: str
-    ) -> None:
+    def __init__(self, thresholds: Thresholds, text_threshold: float, num_perm: int, match: str) -> None:
         if match not in ("all", "any"):
             raise ValueError(f"match must be 'all' or 'any', not {match!r}")
         self.match = match
         self.media: dict[str, NearIndex] = {}
-        self.new_index = lambda: NearIndex(max_hamming, max_rms)
+        self.thresholds = thresholds
         self.text = TextNearIndex(text_threshold, num_perm)
         self.first_exact: dict[bytes, ItemId] = {}
         self.exact_of: dict[ItemId, bytes] = {}
@@ -66,7 +70,9 @@ class Deduplicator:
         """Earlier items near ``item`` on each kind of its content (media by modality, text)."""
         found: dict[str, set[ItemId]] = {}
         for modality, fingerprint in measures.media:
-            index = self.media.setdefault(modality, self.new_index())
+            if modality not in self.media:
+                self.media[modality] = NearIndex(*self.thresholds[modality])
+            index = self.media[modality]
             found.setdefault(modality, set()).update(i for i, _, _ in index.query(fingerprint))
             index.add(item, fingerprint)
         sketch = self.text.minhash(measures.text) if measures.text else None
@@ -148,11 +154,11 @@ def run(args: argparse.Namespace) -> int:
     """Deduplicate, write ``dedup.json`` (and the filtered copy) in ``--out``, print the summary."""
     urls = resolve_shards(args.shards)
     deduplicator = Deduplicator(
-        args.max_hamming, args.max_rms, args.text_threshold, args.num_perm, args.match
+        near_thresholds(args.max_hamming, args.max_rms), args.text_threshold, args.num_perm, args.match
     )
     report, remove = dedup(urls, deduplicator)
-    report["thresholds"] = {"max_hamming": args.max_hamming, "max_rms": args.max_rms,
-                            "text_threshold": args.text_threshold, "num_perm": args.num_perm}  # fmt: skip
+    report["thresholds"] = {"media": deduplicator.thresholds, "text_threshold": args.text_threshold,
+                            "num_perm": args.num_perm}  # fmt: skip
     report["filtered"] = None
     if not args.no_copy:
         out = args.out / "filtered"
@@ -188,8 +194,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--match", choices=("all", "any"), default="all", help="kinds of content that must match"
     )
-    parser.add_argument("--max_hamming", type=int, default=MAX_HAMMING, help="pHash bits per 64")
-    parser.add_argument("--max_rms", type=float, default=MAX_RMS, help="thumbnail RMS difference")
+    add_threshold_arguments(parser)
     parser.add_argument("--text_threshold", type=float, default=0.8, help="MinHash Jaccard of near texts")
     parser.add_argument("--num_perm", type=int, default=128, help="MinHash permutations")
     parser.add_argument("--no_copy", action="store_true", help="write no filtered copy")

@@ -15,7 +15,10 @@ video, 4 frames. Each picture gives two perceptual measures:
   difference: re-encoded and resized copies of the embedded images stay within 0.035 of the
   original, distinct digits are at least 0.064 apart.
 
-A near duplicate is within both thresholds (:class:`~mmfuse.training.datatools.near.NearIndex`).
+A near duplicate is within both thresholds of its modality (:data:`NEAR`,
+:class:`~mmfuse.training.datatools.near.NearIndex`). They were set on the planted faults of
+``scripts/plant_faults.py`` (re-encoded, resized copies of the embedded data): every planted near
+copy within them, and as few untouched pairs as that allows.
 Per modality:
 
 * image: ``decode_image`` (RGB, alpha on white), then the measures above;
@@ -128,6 +131,12 @@ FINGERPRINTS: dict[str, Callable[[bytes], Fingerprint]] = {
     "video": video_fingerprint,
 }
 
+#: modality -> (pHash bits per 64, thumbnail RMS difference) of a near duplicate. A re-encoded,
+#: resized picture can move its pHash by 18 bits while its thumbnail stays within 0.01; a spectrogram
+#: or a clip's frames keep their pHash closer, and two renderings of one word by two espeak voices
+#: lie 0.015-0.04 apart; distinct digit clips (16 px sprites) come within 0.02.
+NEAR: dict[str, tuple[int, float]] = {"image": (20, 0.03), "audio": (10, 0.03), "video": (10, 0.01)}
+
 #: modality -> description function.
 DESCRIPTIONS: dict[str, Callable[[bytes], dict[str, float]]] = {
     "image": describe_image,
@@ -138,6 +147,7 @@ DESCRIPTIONS: dict[str, Callable[[bytes], dict[str, float]]] = {
 __all__ = [
     "DESCRIPTIONS",
     "FINGERPRINTS",
+    "NEAR",
     "Fingerprint",
     "describe_audio",
     "describe_image",

@@ -9,15 +9,31 @@ C: about a second for 10^4 items, minutes for 10^6; a decontamination pass costs
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Hashable, Iterable
 
 import numpy as np
 
-from mmfuse.training.datatools.media import Fingerprint
+from mmfuse.training.datatools.media import NEAR, Fingerprint
 
-#: Default thresholds: pHash bits per 64 and thumbnail RMS (levels in [0, 1]); see ``media``.
-MAX_HAMMING = 10
-MAX_RMS = 0.04
+Thresholds = dict[str, tuple[int, float]]  # modality -> (pHash bits per 64, thumbnail RMS)
+
+
+def near_thresholds(max_hamming: int | None = None, max_rms: float | None = None) -> Thresholds:
+    """Every modality's thresholds (:data:`~mmfuse.training.datatools.media.NEAR`), each one replaced
+    by ``max_hamming`` / ``max_rms`` when given."""
+    return {
+        modality: (hamming if max_hamming is None else max_hamming, rms if max_rms is None else max_rms)
+        for modality, (hamming, rms) in NEAR.items()
+    }
+
+
+def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--max_hamming`` and ``--max_rms``: one value for every modality instead of its default."""
+    defaults = ", ".join(f"{m} {h}" for m, (h, _) in NEAR.items())
+    parser.add_argument("--max_hamming", type=int, default=None, help=f"pHash bits per 64 ({defaults})")
+    defaults = ", ".join(f"{m} {r}" for m, (_, r) in NEAR.items())
+    parser.add_argument("--max_rms", type=float, default=None, help=f"thumbnail RMS difference ({defaults})")
 
 
 class NearIndex:
@@ -32,7 +48,7 @@ class NearIndex:
         max_rms: largest thumbnail RMS difference.
     """
 
-    def __init__(self, max_hamming: int = MAX_HAMMING, max_rms: float = MAX_RMS) -> None:
+    def __init__(self, max_hamming: int, max_rms: float) -> None:
         self.max_hamming, self.max_rms = max_hamming, max_rms
         self.ids: list[Hashable] = []
         self._bits = np.zeros((0, 0), dtype=np.uint64)
