@@ -1,5 +1,5 @@
-"""The ``mmfuse`` command: LightningCLI (fit / validate / test / predict), ``mmfuse report`` and
-``mmfuse eval`` (validation with confidence intervals, :mod:`mmfuse.training.evaluation`).
+"""The ``mmfuse`` command: LightningCLI (fit / validate / test / predict) and the commands of
+:data:`COMMANDS` (``mmfuse report``, ``mmfuse eval``, ``mmfuse data``).
 
 Every stage is a LightningModule and every dataset a LightningDataModule chosen in YAML by
 ``class_path`` / ``init_args`` (one config system: jsonargparse). Defaults added here:
@@ -24,6 +24,7 @@ Every stage is a LightningModule and every dataset a LightningDataModule chosen 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import sys
@@ -89,16 +90,17 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> MmfuseCLI:
     )
 
 
+#: ``mmfuse <name> ...`` beside LightningCLI's subcommands: name -> the module whose ``main(argv)`` runs
+#: it (its return value, if any, is the exit status).
+COMMANDS = {
+    "report": "mmfuse.training.report",
+    "eval": "mmfuse.training.evaluation",
+    "data": "mmfuse.training.datatools",
+}
+
+
 def main() -> None:
     """Console entry point ``mmfuse``."""
-    if sys.argv[1:2] == ["report"]:
-        from mmfuse.training.report import main as report_main
-
-        report_main(sys.argv[2:])
-        return
-    if sys.argv[1:2] == ["eval"]:
-        from mmfuse.training.evaluation import main as eval_main
-
-        eval_main(sys.argv[2:])
-        return
+    if sys.argv[1:2] and sys.argv[1] in COMMANDS:
+        sys.exit(importlib.import_module(COMMANDS[sys.argv[1]]).main(sys.argv[2:]))
     cli_main()
