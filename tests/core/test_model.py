@@ -179,3 +179,27 @@ def test_the_language_model_saves_with_save_pretrained_and_loads_with_automodel(
         theirs = loaded(input_ids=input_ids).logits
     torch.testing.assert_close(theirs, ours)
     assert not any("lora" in k for k in loaded.state_dict())
+
+
+def test_logits_mask_gives_those_rows_of_the_full_logits_and_the_same_gradients():
+    model = tiny_model()
+    input_ids, attention_mask, media = _prompts(model)
+    mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    mask[0, -3:], mask[2, 1] = True, True  # scattered positions of two rows
+
+    def picked_logits_and_gradients(logits_mask):
+        model.zero_grad()
+        logits = model(input_ids, media, attention_mask=attention_mask, logits_mask=logits_mask)
+        picked = logits[mask] if logits_mask is None else logits  # [4, v]
+        (picked.logsumexp(-1).sum() + picked[:, 5].sum()).backward()
+        return picked.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full, full_grads = picked_logits_and_gradients(None)
+    masked, masked_grads = picked_logits_and_gradients(mask)
+    assert masked.shape == (4, model.lm.config.vocab_size)
+    torch.testing.assert_close(masked, full)
+    assert masked_grads.keys() == full_grads.keys() and len(full_grads) > 10
+    for name in full_grads:
+        torch.testing.assert_close(masked_grads[name], full_grads[name], msg=name)
+    with torch.no_grad():  # the hook is gone after the call
+        assert model(input_ids, media, attention_mask=attention_mask).shape == (*input_ids.shape, full.shape[-1])

@@ -1,6 +1,7 @@
 """SFT stage: packed vs padded loss, token-normalised accumulation, the varlen path, frozen towers."""
 
 import copy
+from types import SimpleNamespace
 
 import torch
 from tiny_lm import examples, tiny_model
@@ -111,3 +112,23 @@ def test_init_from_loads_a_previous_stage_and_refuses_a_foreign_checkpoint(tmp_p
         assert "no tensor under 'model.'" in str(error)
     else:
         raise AssertionError("an alignment checkpoint was accepted as init_from")
+
+
+def test_adamw_gets_every_argument_and_its_fused_kernel_on_cpu_with_the_same_step():
+    hyper = dict(lr=3e-3, betas=(0.8, 0.9), eps=1e-7, weight_decay=0.2)
+    chats = examples(tiny_model().tokenizer)
+    params = []
+    for fused in (None, False):
+        stage = InstructionTuning(tiny_model(), fused=fused, **hyper).train()
+        stage.trainer = SimpleNamespace(estimated_stepping_batches=10)  # all the schedule reads
+        optimizer = stage.configure_optimizers()["optimizer"]
+        assert optimizer.defaults["fused"] is (fused is None)  # None: fused on CPU
+        assert {k: optimizer.defaults[k] for k in ("lr", "betas", "eps")} == {
+            k: hyper[k] for k in ("lr", "betas", "eps")
+        }
+        assert [g["weight_decay"] for g in optimizer.param_groups] == [0.2, 0.0]
+        stage.nll(pack_examples(chats, 64, stage.tokenizer.pad_token_id))[0].backward()
+        optimizer.step()
+        params.append(dict(stage.named_parameters()))
+    for name, param in params[0].items():
+        torch.testing.assert_close(param, params[1][name], msg=name)

@@ -23,6 +23,7 @@ Shape letters: b batch, s tokens, v vocabulary, n media items, g samples per pro
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +73,32 @@ def build_language_model(
     if model.get_input_embeddings().num_embeddings < vocab_size:
         model.resize_token_embeddings(vocab_size)
     return model
+
+
+@contextlib.contextmanager
+def logits_only_at(lm: nn.Module, logits_mask: Tensor | None) -> Iterator[None]:
+    """While open, ``lm``'s forward projects only the hidden states at ``logits_mask`` through its head.
+
+    A forward pre-hook on ``lm.get_output_embeddings()`` selects ``hidden_states[logits_mask]`` from
+    its ``[b, s, d]`` input, so the logits come out ``[n, v]`` (``n`` True positions, row-major)
+    instead of ``[b, s, v]``: the head's matmul and the softmax run on the positions a loss reads
+    only. This is transformers' 2-D boolean ``logits_to_keep`` (newest releases only), for any
+    version and any model that projects ``[b, s, d]`` with its output embeddings.
+
+    Args:
+        lm: a Hugging Face causal LM.
+        logits_mask: ``[b, s]`` bool; None leaves the forward unchanged.
+    """
+    if logits_mask is None:
+        yield
+        return
+    handle = lm.get_output_embeddings().register_forward_pre_hook(
+        lambda module, args: (args[0][logits_mask], *args[1:])
+    )
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def expand_items(encoded: EncoderOutput, index: Tensor) -> EncoderOutput:
@@ -222,6 +249,7 @@ class MultimodalLM(nn.Module):
         media: Media | None = None,
         *,
         encoded: Mapping[str, EncoderOutput] | None = None,
+        logits_mask: Tensor | None = None,
         **lm_kwargs: Any,
     ) -> Tensor:
         """Next-token logits ``[b, s, v]`` (the LM's dtype) of ``input_ids`` ``[b, s]`` int64 with media.
@@ -231,6 +259,8 @@ class MultimodalLM(nn.Module):
             media: modality -> transform tensors of its items (module docstring).
             encoded: already encoded media (:meth:`encode_media`), instead of ``media``; lets a caller
                 encode a prompt's media once for several forwards (DPO's chosen and rejected).
+            logits_mask: ``[b, s]`` bool; the logits of these positions only, ``[n, v]`` row-major
+                (:func:`logits_only_at`), e.g. the positions with a target.
             lm_kwargs: passed to the LM: ``attention_mask``, ``position_ids`` and the packed keywords
                 of :data:`LM_KEYS`.
 
@@ -240,7 +270,8 @@ class MultimodalLM(nn.Module):
         if media is not None and encoded is not None:
             raise ValueError("pass media or encoded, not both")
         encoded = self.encode_media(media) if encoded is None else encoded
-        return self.fused(input_ids=input_ids, media=encoded, use_cache=False, **lm_kwargs).logits
+        with logits_only_at(self.lm, logits_mask):
+            return self.fused(input_ids=input_ids, media=encoded, use_cache=False, **lm_kwargs).logits
 
     def token_logps(
         self, input_ids: Tensor, media: Media | None = None, *, temperature: float = 1.0, **kwargs: Any
@@ -361,4 +392,4 @@ class MultimodalLM(nn.Module):
         return self.fused.fusion_parameters()
 
 
-__all__ = ["LM_KEYS", "MultimodalLM", "build_language_model", "expand_items"]
+__all__ = ["LM_KEYS", "MultimodalLM", "build_language_model", "expand_items", "logits_only_at"]
