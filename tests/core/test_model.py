@@ -202,4 +202,5 @@ def test_logits_mask_gives_those_rows_of_the_full_logits_and_the_same_gradients(
     for name in full_grads:
         torch.testing.assert_close(masked_grads[name], full_grads[name], msg=name)
     with torch.no_grad():  # the hook is gone after the call
-        assert model(input_ids, media, attention_mask=attention_mask).shape == (*input_ids.shape, full.shape[-1])
+        logits = model(input_ids, media, attention_mask=attention_mask)
+        assert logits.shape == (*input_ids.shape, full.shape[-1])

@@ -60,8 +60,9 @@ class LMStage(L.LightningModule):
         min_lr_ratio: final learning rate as a fraction of ``lr``.
         max_grad_norm: gradient clipping by global norm (None: off).
         fused: AdamW's fused kernel (``torch.optim.AdamW(fused=)``); None takes it for CPU and CUDA
-            parameters outside Lightning's mixed precision (which cannot clip a fused step) (TRL's default ``adamw_torch_fused``; on this CPU the step of a 1.3 M-parameter
-            LM took 2.2 ms fused, 16 ms with PyTorch's default per-tensor loop).
+            parameters outside Lightning's mixed precision, which cannot clip a fused step (TRL's default
+            ``adamw_torch_fused``; on this CPU the step of a 1.3 M-parameter LM took 2.2 ms fused, 16 ms
+            with PyTorch's default per-tensor loop).
 
     Raises:
         KeyError: see :func:`load_stage_weights`.
