@@ -10,7 +10,7 @@ import torch
 from datatools_media import chirp, encode_audio, pair, png, read_tar, report, run, write_tar
 
 from mmfuse.core.data import expand_urls
-from mmfuse.training.data import PairDataModule
+from mmfuse.training.data import MediaTextDataModule
 from mmfuse.training.datatools.build import parse_size
 from mmfuse.training.datatools.shards import split_of
 from mmfuse.vision import ImageTransform
@@ -56,7 +56,7 @@ def test_folder_of_images_and_captions(tmp_path: Path) -> None:
         f"train-{i:06d}.tar" for i in range(-(-n_train // 8))
     ]
     # the printed URLs feed the data module, as `mmfuse fit --data.train_shards ...` does
-    datamodule = PairDataModule(
+    datamodule = MediaTextDataModule(
         result["train_shards"], result["val_shards"], ImageTransform(16), context_length=8, batch_size=4,
         num_workers=0,
     )  # fmt: skip

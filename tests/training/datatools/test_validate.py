@@ -65,7 +65,7 @@ def test_config_decoder_is_the_training_one(shards: dict[str, Path], tmp_path: P
     config = tmp_path / "fit.yaml"
     config.write_text(
         "model: {class_path: unused}\n"
-        "data:\n  class_path: mmfuse.training.data.PairDataModule\n  init_args:\n"
+        "data:\n  class_path: mmfuse.training.data.MediaTextDataModule\n  init_args:\n"
         f"    train_shards: {shards['bad']}\n    val_shards: {shards['good']}\n"
         "    media: {class_path: mmfuse.vision.ImageTransform, init_args: {image_size: 16}}\n"
         "    context_length: 8\n"

@@ -1,7 +1,7 @@
 """``mmfuse data validate``: decode every sample as training does; list the corrupt ones.
 
 With ``--config`` (the training YAML, layered as for ``mmfuse fit``) the data module of that config
-is built and its own decoder runs on every sample: the pair decoder (``mmfuse.core.data.PairDecoder``)
+is built and its own decoder runs on every sample: the pair decoder (``mmfuse.core.data.MediaTextDecoder``)
 or the chat decoder (``mmfuse.training.data.chat.ChatDecoder``) with the config's media transforms,
 tokenizer and ``max_length``; the config's train shards are decoded as in training (augmentation
 on), its val shards as in validation. Without a config each sample gets the decoder its members
@@ -26,7 +26,7 @@ import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningDataModule
 
-from mmfuse.core.data import PairDecoder, Sample
+from mmfuse.core.data import MediaTextDecoder, Sample
 from mmfuse.core.text import load_tokenizer
 from mmfuse.training.data.chat import ChatDecoder
 from mmfuse.training.datatools.parts import default_transforms, modality_of, record
@@ -50,7 +50,7 @@ class DefaultDecoder:
     def __init__(self, tokenizer: str, max_length: int) -> None:
         self.transforms = default_transforms()
         clip_tokenizer = open_clip.get_tokenizer("ViT-B-32")
-        self.pairs = {m: PairDecoder(t, clip_tokenizer) for m, t in self.transforms.items()}
+        self.pairs = {m: MediaTextDecoder(t, clip_tokenizer) for m, t in self.transforms.items()}
         self.tokenizer, self.max_length = tokenizer, max_length
         self._chat: ChatDecoder | None = None
 
@@ -127,11 +127,19 @@ def run(args: argparse.Namespace) -> int:
     """Validate, write ``validate.json`` in ``--out``, print the summary; 1 when anything is wrong."""
     if args.config:
         datamodule = config_datamodule(args.config)
-        decode = datamodule.decode
+        if getattr(datamodule, "tokenizer", "") is None:  # an LM stage's data reads the model's tokenizer
+            datamodule.tokenizer = load_tokenizer(args.tokenizer, modalities=list(datamodule.transforms))
+        decode = datamodule.decoder()
         if args.shards:
             jobs = [(resolve_shards(args.shards), args.train)]
         else:
-            jobs = [(resolve_shards([datamodule.train_shards]), True)]
+            train = datamodule.train_shards
+            sources = (
+                [train]
+                if isinstance(train, str)
+                else [s["shards"] if isinstance(s, dict) else s.shards for s in train]
+            )
+            jobs = [(resolve_shards(sources), True)]
             if datamodule.val_shards:
                 jobs.append((resolve_shards([datamodule.val_shards]), False))
     elif args.shards:
@@ -161,7 +169,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("shards", nargs="*", help="shard URLs (brace notation); default: the config's")
     parser.add_argument("--config", type=Path, action="append", help="training YAML (repeatable, layered)")
     parser.add_argument("--train", action="store_true", help="decode given shards as in training")
-    parser.add_argument("--tokenizer", default="data/tokenizer", help="chat tokenizer without --config")
+    parser.add_argument(
+        "--tokenizer", default="data/tokenizer", help="chat tokenizer (the model's, for an LM config)"
+    )
     parser.add_argument("--max_length", type=int, default=256, help="chat max_length without --config")
     parser.add_argument("--out", type=Path, default=Path("runs/data/validate"), help="report directory")
     parser.set_defaults(run=run)
