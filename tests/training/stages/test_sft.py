@@ -4,6 +4,7 @@ import copy
 from types import SimpleNamespace
 
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from tiny_lm import examples, tiny_model
 
 from mmfuse.core import hf_attention
@@ -120,7 +121,8 @@ def test_adamw_gets_every_argument_and_its_fused_kernel_on_cpu_with_the_same_ste
     params = []
     for fused in (None, False):
         stage = InstructionTuning(tiny_model(), fused=fused, **hyper).train()
-        stage.trainer = SimpleNamespace(estimated_stepping_batches=10)  # all the schedule reads
+        # all the schedule and the optimiser read: the step count, and the precision (32-true)
+        stage.trainer = SimpleNamespace(estimated_stepping_batches=10, precision_plugin=Precision())
         optimizer = stage.configure_optimizers()["optimizer"]
         assert optimizer.defaults["fused"] is (fused is None)  # None: fused on CPU
         assert {k: optimizer.defaults[k] for k in ("lr", "betas", "eps")} == {
@@ -132,3 +134,11 @@ def test_adamw_gets_every_argument_and_its_fused_kernel_on_cpu_with_the_same_ste
         params.append(dict(stage.named_parameters()))
     for name, param in params[0].items():
         torch.testing.assert_close(param, params[1][name], msg=name)
+
+
+def test_adamw_is_not_fused_under_mixed_precision_which_cannot_clip_it():
+    stage = InstructionTuning(tiny_model())
+    stage.trainer = SimpleNamespace(
+        estimated_stepping_batches=10, precision_plugin=MixedPrecision("bf16-mixed", "cpu")
+    )
+    assert stage.configure_optimizers()["optimizer"].defaults["fused"] is False
