@@ -1,4 +1,4 @@
-"""Media, samples and shards for the ``mmfuse data`` tests: distinct textures, tones and clips."""
+"""Media, samples and shards for the ``mmfuse data`` tests: distinct textures, chirps and moving sprites."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import json
 import tarfile
 from pathlib import Path
 
-import av
 import numpy as np
-import soundfile
 from PIL import Image
 
 from mmfuse.training.datatools import main
@@ -43,29 +41,6 @@ def chirp(f0: float, f1: float, seconds: float = 0.6, sample_rate: int = 16000) 
     """``[n]`` float32 linear chirp from ``f0`` to ``f1`` Hz, amplitude 0.5."""
     t = np.arange(round(seconds * sample_rate)) / sample_rate
     return (0.5 * np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * seconds)))).astype(np.float32)
-
-
-def encode_audio(
-    samples: np.ndarray, fmt: str, sample_rate: int = 16000, subtype: str | None = None
-) -> bytes:
-    buf = io.BytesIO()
-    soundfile.write(buf, samples, sample_rate, format=fmt, subtype=subtype)
-    return buf.getvalue()
-
-
-def clip(frames: np.ndarray, fps: int = 8) -> bytes:
-    """H.264 MP4 bytes of ``[t, h, w, 3]`` uint8 frames, every frame an intra frame."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"g": "1", "crf": "12", "threads": "1"})
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buf.getvalue()
 
 
 def moving(seed: int, num_frames: int = 8, side: int = 64) -> np.ndarray:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from datatools_media import chirp, encode_audio, pair, png, read_tar, report, run, write_tar
+from audio_bytes import encode
+from datatools_media import chirp, pair, png, read_tar, report, run, write_tar
 
 from mmfuse.core.data import expand_urls
 from mmfuse.training.data import MediaTextDataModule
@@ -68,8 +69,8 @@ def test_folder_of_images_and_captions(tmp_path: Path) -> None:
 def test_huggingface_audiofolder_and_tables(tmp_path: Path) -> None:
     audio = tmp_path / "speech"
     (audio / "train").mkdir(parents=True)
-    (audio / "train/a.wav").write_bytes(encode_audio(chirp(300, 600), "WAV"))
-    (audio / "train/b.wav").write_bytes(encode_audio(chirp(500, 900), "WAV"))
+    (audio / "train/a.wav").write_bytes(encode(chirp(300, 600), 16000, "WAV"))
+    (audio / "train/b.wav").write_bytes(encode(chirp(500, 900), 16000, "WAV"))
     rows = [{"file_name": "a.wav", "transcription": "hello", "speaker": "s1"},
             {"file_name": "b.wav", "transcription": "world", "speaker": "s2"},
             {"file_name": "missing.wav", "transcription": "gone"}]  # fmt: skip
@@ -117,7 +118,7 @@ def test_modality_filter(tmp_path: Path) -> None:
     root.mkdir()
     for i in range(3):
         (root / f"s{i}.png").write_bytes(png(i))
-        (root / f"s{i}.ogg").write_bytes(encode_audio(chirp(300, 500), "OGG", subtype="VORBIS"))
+        (root / f"s{i}.ogg").write_bytes(encode(chirp(300, 500), 16000, "OGG", "VORBIS"))
         (root / f"s{i}.txt").write_text(f"stamp {i}")
     assert run(["build", root, "--out", tmp_path / "both", "--val_percent", 0]) == 0
     assert {ext for s in built(tmp_path / "both")["train"].values() for ext in s} == {

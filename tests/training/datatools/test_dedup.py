@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from audio_bytes import encode
 from datatools_media import (
     chirp,
-    clip,
-    encode_audio,
     moving,
     pair,
     png,
@@ -17,7 +16,8 @@ from datatools_media import (
     report,
     run,
     write_tar,
-)  # fmt: skip
+)
+from video_bytes import encode_mp4
 
 CAPTIONS = [
     f"{w} texture number {i}" for i, w in enumerate("red green blue cyan amber olive teal pink".split())
@@ -75,12 +75,12 @@ def test_match_any_also_removes_single_measure_duplicates(tmp_path: Path) -> Non
 def test_audio_is_compared_by_its_decoded_waveform(tmp_path: Path) -> None:
     """The same 16-bit samples as WAV and FLAC are an exact duplicate; an Ogg Vorbis re-encode a near one."""
     tones = {f"tone-{i}": (chirp(200 + 150 * i, 1200 - 100 * i) * 32767).astype(np.int16) for i in range(6)}
-    samples = [pair(k, encode_audio(w, "WAV"), "wav", f"sound {k}") for k, w in tones.items()]
+    samples = [pair(k, encode(w, 16000, "WAV"), "wav", f"sound {k}") for k, w in tones.items()]
     samples += [
-        pair("flac-of-0", encode_audio(tones["tone-0"], "FLAC"), "flac", "sound tone-0"),
+        pair("flac-of-0", encode(tones["tone-0"], 16000, "FLAC"), "flac", "sound tone-0"),
         pair(
             "vorbis-of-1",
-            encode_audio(0.8 * tones["tone-1"] / 32767, "OGG", subtype="VORBIS"),
+            encode(0.8 * tones["tone-1"] / 32767, 16000, "OGG", "VORBIS"),
             "ogg",
             "sound tone-1",
         ),
@@ -93,10 +93,18 @@ def test_audio_is_compared_by_its_decoded_waveform(tmp_path: Path) -> None:
 
 def test_a_clip_played_backwards_is_not_a_duplicate(tmp_path: Path) -> None:
     frames = [moving(seed) for seed in range(4)]
-    samples = [pair(f"clip-{i}", clip(f), "mp4", f"texture {i} moving right") for i, f in enumerate(frames)]
+    samples = [
+        pair(f"clip-{i}", encode_mp4(f, gop=1), "mp4", f"texture {i} moving right")
+        for i, f in enumerate(frames)
+    ]
     samples += [
-        pair("copy-of-0", clip(frames[0]), "mp4", "texture 0 moving right"),
-        pair("reversed-1", clip(np.ascontiguousarray(frames[1][::-1])), "mp4", "texture 1 moving right"),
+        pair("copy-of-0", encode_mp4(frames[0], gop=1), "mp4", "texture 0 moving right"),
+        pair(
+            "reversed-1",
+            encode_mp4(np.ascontiguousarray(frames[1][::-1]), gop=1),
+            "mp4",
+            "texture 1 moving right",
+        ),
     ]
     assert run(["dedup", write_tar(tmp_path / "v.tar", samples), "--no_copy", "--out", tmp_path / "o"]) == 0
     result = report(tmp_path / "o", "dedup")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from datatools_media import chirp, encode_audio, pair, png, report, run, write_tar
+from audio_bytes import encode
+from datatools_media import chirp, pair, png, report, run, write_tar
 from PIL import Image
 
 from mmfuse.training.datatools.inspect import summarize
@@ -14,9 +15,7 @@ from mmfuse.training.datatools.inspect import summarize
 def test_counts_sizes_durations_and_truncation(tmp_path: Path) -> None:
     images = [pair(f"a-{i}", png(i, (32, 24)), "png", "red square", source="shapes") for i in range(3)]
     images += [pair("b-0", png(9, (16, 16)), "png", "a red and blue square on a mat", source="mats")]
-    speech = [
-        pair("s-0", encode_audio(chirp(200, 400, 0.5, 8000), "WAV", 8000), "wav", "one", source="voice")
-    ]
+    speech = [pair("s-0", encode(chirp(200, 400, 0.5, 8000), 8000, "WAV"), "wav", "one", source="voice")]
     broken = [pair("broken", b"not audio", "wav", "lost", source="voice")]
     shards = [write_tar(tmp_path / "img.tar", images), write_tar(tmp_path / "aud.tar", speech + broken),
               write_tar(tmp_path / "empty.tar", [])]  # fmt: skip

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from datatools_media import chirp, encode_audio, pair, png, read_tar, report, run, write_tar
+from audio_bytes import encode
+from datatools_media import chirp, pair, png, read_tar, report, run, write_tar
 
 REPO = Path(__file__).parents[3]
 
@@ -14,7 +15,7 @@ REPO = Path(__file__).parents[3]
 @pytest.fixture
 def shards(tmp_path: Path) -> dict[str, Path]:
     good = [pair(f"good-{i}", png(i), "png", f"picture number {i}", source="t") for i in range(5)]
-    good.append(pair("speech-0", encode_audio(chirp(300, 900), "WAV"), "wav", "a rising tone", source="t"))
+    good.append(pair("speech-0", encode(chirp(300, 900), 16000, "WAV"), "wav", "a rising tone", source="t"))
     bad = [
         pair("bad-image", b"not an image at all", "png", "garbage bytes"),
         {**pair("bad-json", png(7), "png", "fine picture"), "json": b"{not json"},
