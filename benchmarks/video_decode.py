@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import os
 import subprocess
 import sys
 import tarfile
@@ -264,6 +265,7 @@ def main() -> None:
     parser.add_argument("--leak-decodes", type=int, default=2000)
     parser.add_argument("--leak-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1's encoder: errors only, not its banner per clip
     torch.set_num_threads(1)
     if args.leak_worker:
         leak_worker(args.leak_worker, args.leak_decodes)
