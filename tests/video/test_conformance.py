@@ -14,23 +14,13 @@ import decord
 import numpy as np
 import pytest
 import torch
+import torchcodec
 
 from mmfuse.video import FpsSampler, VideoTransform, open_video
 from mmfuse.video.conformance import FORMATS, encode_clip, index_frames, read_indices, set_avi_frame_count
 from mmfuse.video.decode import DecordReader, PyAVReader, TorchCodecReader, UntrustedSeek
 from mmfuse.video.frame_index import probe
 
-torchcodec = pytest.importorskip("torchcodec")
-BACKENDS = [
-    "pyav",
-    "decord",
-    pytest.param(
-        "torchcodec",
-        marks=pytest.mark.skipif(
-            torchcodec.ffmpeg_major_version is None, reason="no system FFmpeg libraries"
-        ),
-    ),
-]
 N = 64
 # A phone-style variable frame rate: each frame shown 20, 33, 50 or 100 ms.
 DURATIONS_MS = np.random.default_rng(0).choice([20, 33, 50, 100], size=N).tolist()
@@ -56,7 +46,6 @@ def clips() -> dict[str, bytes]:
 CLIPS = [*FORMATS, "vfr-h264-bframes-mp4", "avi-header-claims-2x-frames", "avi-bframes-header-claims-half"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("clip", CLIPS)
 def test_exact_frames(clips, clip, backend):
     reader = open_video(clips[clip], height=48, width=80, backend=backend)
@@ -69,7 +58,6 @@ def test_exact_frames(clips, clip, backend):
     assert [read_indices(reader.get_frames([i]).numpy())[0] for i in range(N)] == list(range(N))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_variable_frame_rate_clip_is_sampled_by_time(clips, backend):
     starts = np.cumsum([0, *DURATIONS_MS[:-1]]) / 1000  # when each frame is shown, s
     reader = open_video(clips["vfr-h264-bframes-mp4"], height=48, width=80, backend=backend)

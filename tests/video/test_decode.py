@@ -1,4 +1,5 @@
 import dataclasses
+import gc
 import io
 import os
 
@@ -6,21 +7,10 @@ import av  # noqa: F401 - before decord (see mmfuse.video.conformance.encode_cli
 import decord
 import pytest
 import torch
+import torchcodec
 
 from mmfuse.video.conformance import encode_clip, index_frames, read_indices
 from mmfuse.video.decode import PyAVReader, VideoDecodeError, decord_supports_width, open_video
-
-torchcodec = pytest.importorskip("torchcodec")
-BACKENDS = [
-    "pyav",
-    "decord",
-    pytest.param(
-        "torchcodec",
-        marks=pytest.mark.skipif(
-            torchcodec.ffmpeg_major_version is None, reason="no system FFmpeg libraries"
-        ),
-    ),
-]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +18,6 @@ def clip():
     return encode_clip(index_frames(30), "h264-bframes-mp4", fps=10)  # keyframe every 12 frames, B-frames
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_metadata_and_resize_at_decode(clip, backend):
     reader = open_video(clip, height=40, width=50, backend=backend)
     assert reader.num_frames == 30
@@ -53,7 +42,20 @@ def test_pyav_falls_back_to_counting_when_a_timestamp_is_not_the_index(clip):
     assert read_indices(reader.get_frames([29, 13, 2]).numpy()) == [29, 13, 2]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_dropped_pyav_reader_closes_its_container_at_once(clip):
+    # PyAV's container and streams form reference cycles; left to the cyclic garbage collector, the
+    # FFmpeg contexts of 2,000 dropped readers grew RSS by 25 MiB (benchmarks/video_decode.py).
+    gc.disable()
+    try:
+        reader = PyAVReader(clip, height=64, width=96)
+        reader.get_frames([3])
+        container = reader._container
+        del reader
+        assert not container.streams.video  # a closed container has no streams left
+    finally:
+        gc.enable()
+
+
 def test_indices_outside_the_clip_raise(clip, backend):
     reader = open_video(clip, height=64, width=96, backend=backend)
     for indices in ([30], [-1, 3], []):
@@ -61,7 +63,6 @@ def test_indices_outside_the_clip_raise(clip, backend):
             reader.get_frames(indices)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("corruption", ["empty", "noise", "first_half", "cut_index", "zeroed_middle"])
 def test_corrupt_clip_raises_decode_error(clip, backend, corruption):
     data = {

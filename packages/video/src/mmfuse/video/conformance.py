@@ -4,11 +4,11 @@ A reader is exact when the frame it returns for index ``i`` is frame ``i`` of th
 presentation order. To check that, :func:`index_frames` draws each frame's index as a binary code of
 big black and white cells (12 bits and their complements, so a decoded frame reads back as its
 index or, if it is a blend, a wrong resize or a repeat of another frame, as the other index or
-``-1``); the code survives lossy coding and resizing to an eighth of the side, where flat grey
-levels do not (encoders repeat near-identical frames). :func:`encode_clip` writes the frames with
-PyAV (its wheel bundles libx264, libx265, libvpx, SVT-AV1 and FFmpeg's MPEG-4 Part 2 and MJPEG
-encoders) in one of :data:`FORMATS`, optionally at variable frame rate; :func:`read_indices` reads
-the codes back.
+``-1``); the code survives lossy coding and resizing to a third of the side (96x64 -> 32x32),
+where flat grey levels do not (encoders repeat near-identical frames). :func:`encode_clip` writes
+the frames with PyAV (its wheel bundles libx264, libx265, libvpx, SVT-AV1 and FFmpeg's MPEG-4
+Part 2 and MJPEG encoders) in one of :data:`FORMATS`, optionally at variable frame rate;
+:func:`read_indices` reads the codes back.
 
 Shape letters: t frames, h height, w width.
 """
@@ -37,14 +37,12 @@ class ClipFormat:
         codec: PyAV encoder name.
         options: encoder options (e.g. ``{"bf": "0"}`` for no B-frames).
         pix_fmt: the encoder's pixel format.
-        extension: file extension of the container.
     """
 
     container: str
     codec: str
     options: dict[str, str] = field(default_factory=dict)
     pix_fmt: str = "yuv420p"
-    extension: str = "mp4"
 
 
 # gop 12 everywhere, so reading a frame means seeking to a keyframe and decoding forward.
@@ -53,24 +51,20 @@ _MPEG4 = {"g": "12", "qscale": "2", "threads": "1"}
 FORMATS: dict[str, ClipFormat] = {
     "h264-mp4": ClipFormat("mp4", "libx264", _X264 | {"bf": "0"}),
     "h264-bframes-mp4": ClipFormat("mp4", "libx264", _X264 | {"bf": "3"}),
-    "h264-mkv": ClipFormat("matroska", "libx264", _X264 | {"bf": "0"}, extension="mkv"),
-    "h264-bframes-mkv": ClipFormat("matroska", "libx264", _X264 | {"bf": "3"}, extension="mkv"),
+    "h264-mkv": ClipFormat("matroska", "libx264", _X264 | {"bf": "0"}),
+    "h264-bframes-mkv": ClipFormat("matroska", "libx264", _X264 | {"bf": "3"}),
     "h264-open-gop-mp4": ClipFormat("mp4", "libx264", _X264 | {"bf": "3", "x264-params": "open-gop=1"}),
     "hevc-mp4": ClipFormat(
         "mp4", "libx265", {"g": "12", "crf": "12", "x265-params": "log-level=none:pools=1"}
     ),
-    "vp8-webm": ClipFormat(
-        "webm", "libvpx", {"g": "12", "crf": "4", "b": "2M", "threads": "1"}, extension="webm"
-    ),
-    "vp9-webm": ClipFormat(
-        "webm", "libvpx-vp9", {"g": "12", "crf": "10", "b": "0", "threads": "1"}, extension="webm"
-    ),
+    "vp8-webm": ClipFormat("webm", "libvpx", {"g": "12", "crf": "4", "b": "2M", "threads": "1"}),
+    "vp9-webm": ClipFormat("webm", "libvpx-vp9", {"g": "12", "crf": "10", "b": "0", "threads": "1"}),
     "av1-mp4": ClipFormat(
         "mp4", "libsvtav1", {"g": "12", "crf": "4", "preset": "8", "svtav1-params": "lp=1"}
     ),
-    "mpeg4-avi": ClipFormat("avi", "mpeg4", _MPEG4 | {"bf": "0"}, extension="avi"),
-    "mpeg4-bframes-avi": ClipFormat("avi", "mpeg4", _MPEG4 | {"bf": "2"}, extension="avi"),
-    "mjpeg-avi": ClipFormat("avi", "mjpeg", {"qscale": "2"}, pix_fmt="yuvj420p", extension="avi"),
+    "mpeg4-avi": ClipFormat("avi", "mpeg4", _MPEG4 | {"bf": "0"}),
+    "mpeg4-bframes-avi": ClipFormat("avi", "mpeg4", _MPEG4 | {"bf": "2"}),
+    "mjpeg-avi": ClipFormat("avi", "mjpeg", {"qscale": "2"}, pix_fmt="yuvj420p"),
 }
 
 

@@ -21,6 +21,7 @@ Shape letters: t frames asked for, h height, w width, n frames of the clip.
 from __future__ import annotations
 
 import io
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Literal, Protocol
 
@@ -126,6 +127,9 @@ class PyAVReader(_IndexedReader):
 
     def __init__(self, data: bytes, *, height: int, width: int, seek: bool = True) -> None:
         self._container, self._packets, index = demux(data)
+        # PyAV's container and streams form reference cycles, freed only by the cyclic collector:
+        # close the container with the reader (else RSS grew 25 MiB over 2,000 clips).
+        weakref.finalize(self, self._container.close)
         super().__init__(index)
         self.height, self.width = height, width
         self._codec = self._container.streams.video[0].codec_context

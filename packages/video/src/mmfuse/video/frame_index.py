@@ -1,9 +1,10 @@
 """Where the frames of a clip are: presentation timestamps, keyframes, and whether a seek can be trusted.
 
-:func:`probe` demuxes the clip's video stream with PyAV, without decoding it (a few microseconds
-per packet), and returns its :class:`FrameIndex`. Frame ``i`` of a clip is the ``i``-th frame in
-presentation order: the frame whose packet has the ``i``-th smallest presentation timestamp (pts),
-which is also the ``i``-th frame a decoder outputs when it decodes the stream from the start.
+:func:`demux` reads the clip's video stream with PyAV without decoding it (a few microseconds
+per packet) and returns its packets and their :class:`FrameIndex`; :func:`probe` only the index.
+Frame ``i`` of a clip is the ``i``-th frame in presentation order: the frame whose packet has the
+``i``-th smallest presentation timestamp (pts), which is also the ``i``-th frame a decoder outputs
+when it decodes the stream from the start.
 
 A reader may seek to frame ``i`` by its pts only when the pts are the container's own: every
 packet has one, and no two are equal. AVI stores decode order only; with B-frames FFmpeg guesses
@@ -11,8 +12,9 @@ the pts from the decode order, and a seek by those guesses lands off by a frame 
 up to ten (decord, whose index of an AVI also has no timestamps at all; dmlc/decord#91), so the
 readers of :mod:`mmfuse.video.decode` decode such a clip from its start instead. An open GOP (frames
 decoded after a keyframe but shown before it: HEVC's CRA/RASL pictures, x264's ``open-gop``) is
-recorded too: decord's seek lands up to four frames off there. The frame count is the number of
-packets, not the container header's (which a bad remux or a cut file gets wrong).
+recorded too: decord's seek lands up to four frames off there, and torchcodec fails about one
+batch in ten of an H.264 one. The frame count is the number of packets, not the container
+header's (which a bad remux or a cut file gets wrong).
 
 Shape letters: n frames of the clip.
 """
