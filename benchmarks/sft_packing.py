@@ -39,6 +39,7 @@ import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from transformers import TrainerCallback
@@ -47,7 +48,6 @@ from mmfuse.core.functional import shift_labels
 from mmfuse.core.model import MultimodalLM, build_language_model
 from mmfuse.core.text import content_text, load_tokenizer, tokenize_chat
 from mmfuse.training.data.chat import ChatExample, pack_examples, pad_examples
-from mmfuse.training.optim import adamw_param_groups
 from mmfuse.training.stages.sft import InstructionTuning
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,19 +92,27 @@ class Ours:
     """Our SFT step: :class:`InstructionTuning` on a text-only :class:`MultimodalLM` of the same LM.
 
     Packing (:func:`pack_examples`), the stage's token-normalised accumulation (its ``nll`` through
-    the core attention dispatch), clipping, and AdamW over the stage's parameter groups. No fusion
-    block is inserted (``cross_attn_every_n_layers`` beyond the depth), so the LM is TRL's.
+    the core attention dispatch), clipping, and the stage's AdamW (``configure_optimizers``). No
+    fusion block is inserted (``cross_attn_every_n_layers`` beyond the depth), so the LM is TRL's.
     """
 
     def __init__(self, batches: list[list[ChatExample]], max_length: int) -> None:
         self.batches, self.max_length = batches, max_length
         torch.manual_seed(0)
         model = MultimodalLM(LM, TOKENIZER, cross_attn_every_n_layers=LM["num_hidden_layers"] + 1)
-        self.stage = InstructionTuning(model, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY,
-                                       max_grad_norm=MAX_GRAD_NORM).train()  # fmt: skip
-        # LMStage.configure_optimizers on CPU (fused by default), at a constant learning rate
-        groups = adamw_param_groups(model, WEIGHT_DECAY)
-        self.optimizer = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, fused=True)
+        self.stage = InstructionTuning(
+            model,
+            lr=LR,
+            betas=BETAS,
+            eps=EPS,
+            weight_decay=WEIGHT_DECAY,
+            max_grad_norm=MAX_GRAD_NORM,
+            warmup_steps=0,
+            min_lr_ratio=1.0,
+        ).train()
+        # the stage's own optimiser; warmup 0 and min_lr_ratio 1 make its schedule constant, as TRL's
+        self.stage.trainer = SimpleNamespace(estimated_stepping_batches=len(batches))  # all it reads
+        self.optimizer = self.stage.configure_optimizers()["optimizer"]
 
     def settings(self) -> dict:
         lm = self.stage.model.lm
