@@ -33,14 +33,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import statistics
 import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
+import lightning as L
 import torch
 from transformers import TrainerCallback
 
@@ -110,8 +111,13 @@ class Ours:
             warmup_steps=0,
             min_lr_ratio=1.0,
         ).train()
-        # the stage's own optimiser; warmup 0 and min_lr_ratio 1 make its schedule constant, as TRL's
-        self.stage.trainer = SimpleNamespace(estimated_stepping_batches=len(batches))  # all it reads
+        # the stage's own optimiser under a float32 Trainer (attached, not fitted); warmup 0 and
+        # min_lr_ratio 1 make its schedule constant, as TRL's
+        quiet = dict(
+            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+        )
+        self.stage.trainer = L.Trainer(accelerator="cpu", precision="32-true", max_epochs=-1,
+                                       max_steps=len(batches), **quiet)  # fmt: skip
         self.optimizer = self.stage.configure_optimizers()["optimizer"]
 
     def settings(self) -> dict:
@@ -298,6 +304,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the Trainer's device lines
     if args.steps <= args.warmup:
         parser.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup}), which is not timed")
     tokenizer = load_tokenizer(TOKENIZER)
