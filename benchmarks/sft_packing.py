@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import statistics
 import tarfile
@@ -40,6 +41,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 import torch
 from transformers import TrainerCallback
 
@@ -47,7 +49,6 @@ from mmfuse.core.functional import shift_labels
 from mmfuse.core.model import MultimodalLM, build_language_model
 from mmfuse.core.text import content_text, load_tokenizer, tokenize_chat
 from mmfuse.training.data.chat import ChatExample, pack_examples, pad_examples
-from mmfuse.training.optim import adamw_param_groups
 from mmfuse.training.stages.sft import InstructionTuning
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,19 +93,32 @@ class Ours:
     """Our SFT step: :class:`InstructionTuning` on a text-only :class:`MultimodalLM` of the same LM.
 
     Packing (:func:`pack_examples`), the stage's token-normalised accumulation (its ``nll`` through
-    the core attention dispatch), clipping, and AdamW over the stage's parameter groups. No fusion
-    block is inserted (``cross_attn_every_n_layers`` beyond the depth), so the LM is TRL's.
+    the core attention dispatch), clipping, and the stage's AdamW (``configure_optimizers``). No
+    fusion block is inserted (``cross_attn_every_n_layers`` beyond the depth), so the LM is TRL's.
     """
 
     def __init__(self, batches: list[list[ChatExample]], max_length: int) -> None:
         self.batches, self.max_length = batches, max_length
         torch.manual_seed(0)
         model = MultimodalLM(LM, TOKENIZER, cross_attn_every_n_layers=LM["num_hidden_layers"] + 1)
-        self.stage = InstructionTuning(model, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY,
-                                       max_grad_norm=MAX_GRAD_NORM).train()  # fmt: skip
-        # LMStage.configure_optimizers on CPU (fused by default), at a constant learning rate
-        groups = adamw_param_groups(model, WEIGHT_DECAY)
-        self.optimizer = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, fused=True)
+        self.stage = InstructionTuning(
+            model,
+            lr=LR,
+            betas=BETAS,
+            eps=EPS,
+            weight_decay=WEIGHT_DECAY,
+            max_grad_norm=MAX_GRAD_NORM,
+            warmup_steps=0,
+            min_lr_ratio=1.0,
+        ).train()
+        # the stage's own optimiser under a float32 Trainer (attached, not fitted); warmup 0 and
+        # min_lr_ratio 1 make its schedule constant, as TRL's
+        quiet = dict(
+            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+        )
+        self.stage.trainer = L.Trainer(accelerator="cpu", precision="32-true", max_epochs=-1,
+                                       max_steps=len(batches), **quiet)  # fmt: skip
+        self.optimizer = self.stage.configure_optimizers()["optimizer"]
 
     def settings(self) -> dict:
         lm = self.stage.model.lm
@@ -290,6 +304,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the Trainer's device lines
     if args.steps <= args.warmup:
         parser.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup}), which is not timed")
     tokenizer = load_tokenizer(TOKENIZER)

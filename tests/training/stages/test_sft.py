@@ -1,10 +1,9 @@
 """SFT stage: packed vs padded loss, token-normalised accumulation, the varlen path, frozen towers."""
 
 import copy
-from types import SimpleNamespace
 
+import lightning as L
 import torch
-from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from tiny_lm import examples, tiny_model
 
 from mmfuse.core import hf_attention
@@ -115,14 +114,21 @@ def test_init_from_loads_a_previous_stage_and_refuses_a_foreign_checkpoint(tmp_p
         raise AssertionError("an alignment checkpoint was accepted as init_from")
 
 
+def _trainer(precision: str) -> L.Trainer:
+    """A Trainer to attach (not fit): ``configure_optimizers`` reads its precision and step count."""
+    quiet = dict(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    return L.Trainer(accelerator="cpu", precision=precision, max_epochs=-1, max_steps=10, **quiet)
+
+
 def test_adamw_gets_every_argument_and_its_fused_kernel_on_cpu_with_the_same_step():
     hyper = dict(lr=3e-3, betas=(0.8, 0.9), eps=1e-7, weight_decay=0.2)
     chats = examples(tiny_model().tokenizer)
     params = []
     for fused in (None, False):
         stage = InstructionTuning(tiny_model(), fused=fused, **hyper).train()
-        # all the schedule and the optimiser read: the step count, and the precision (32-true)
-        stage.trainer = SimpleNamespace(estimated_stepping_batches=10, precision_plugin=Precision())
+        stage.trainer = _trainer("32-true")
         optimizer = stage.configure_optimizers()["optimizer"]
         assert optimizer.defaults["fused"] is (fused is None)  # None: fused on CPU
         assert {k: optimizer.defaults[k] for k in ("lr", "betas", "eps")} == {
@@ -136,9 +142,10 @@ def test_adamw_gets_every_argument_and_its_fused_kernel_on_cpu_with_the_same_ste
         torch.testing.assert_close(param, params[1][name], msg=name)
 
 
-def test_adamw_is_not_fused_under_mixed_precision_which_cannot_clip_it():
+def test_adamw_is_not_fused_by_default_under_lightning_mixed_precision():
     stage = InstructionTuning(tiny_model())
-    stage.trainer = SimpleNamespace(
-        estimated_stepping_batches=10, precision_plugin=MixedPrecision("bf16-mixed", "cpu")
-    )
-    assert stage.configure_optimizers()["optimizer"].defaults["fused"] is False
+    stage.trainer = _trainer("bf16-mixed")  # its plugin cannot clip the gradients of a fused step
+    assert not stage.configure_optimizers()["optimizer"].defaults["fused"]
+    explicit = InstructionTuning(tiny_model(), fused=True)
+    explicit.trainer = _trainer("bf16-mixed")
+    assert explicit.configure_optimizers()["optimizer"].defaults["fused"]
