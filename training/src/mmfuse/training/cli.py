@@ -1,4 +1,4 @@
-"""The ``mmfuse`` command: LightningCLI (fit / validate / test / predict) plus ``mmfuse report``.
+"""The ``mmfuse`` command: LightningCLI (fit / validate / test / predict), ``report``, ``flywheel``.
 
 Every stage is a LightningModule and every dataset a LightningDataModule chosen in YAML by
 ``class_path`` / ``init_args`` (one config system: jsonargparse). Defaults added here:
@@ -94,5 +94,10 @@ def main() -> None:
         from mmfuse.training.report import main as report_main
 
         report_main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["flywheel"]:
+        from mmfuse.training.flywheel import main as flywheel_main
+
+        flywheel_main(sys.argv[2:])
         return
     cli_main()
