@@ -154,8 +154,8 @@ class LMStage(L.LightningModule):
         optimizer = torch.optim.AdamW(
             adamw_param_groups(self, hp.weight_decay), lr=hp.lr, betas=hp.betas, eps=hp.eps
         )
-        scheduler = warmup_cosine(optimizer, hp.warmup_steps, int(self.trainer.estimated_stepping_batches),
-                                  hp.min_lr_ratio)  # fmt: skip
+        total = lambda: int(self.trainer.estimated_stepping_batches)  # read lazily: see warmup_cosine
+        scheduler = warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
