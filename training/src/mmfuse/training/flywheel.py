@@ -196,7 +196,7 @@ def pair_sample(prompt: Prompt, answers: Sequence[str], scores: Sequence[float],
     return {"__key__": prompt.key, "json": record, **prompt.members}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> Counter[str]:
     """Sample, judge and write the pairs; returns counts and mean scores."""
     from mmfuse.training.cli import cli_main
     from mmfuse.training.stages.reward import RewardModeling
@@ -243,7 +243,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 stats["sum rejected"] += sample["json"]["scores"]["rejected"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_preference_shard(args.out, samples)
-    return {**stats, "skipped": skips.take()}
+    stats["skipped"] = skips.take()
+    return stats
 
 
 def _batches(prompts: Iterator[Prompt], size: int, limit: int | None) -> Iterator[list[Prompt]]:
