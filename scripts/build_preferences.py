@@ -13,8 +13,10 @@ One pair per instruction question of the targeted kinds (``--kinds``): the promp
 with its media, ``chosen`` the reference answer, ``rejected`` a hard negative, the first that exists:
 
 * ``confusion``: a wrong answer the SFT model gave to a question of the same kind and reference in
-  the *same split* (its answers file of that split): its real confusions, e.g. "the digit one" for
-  "the digit seven". The answers files do not name the media item, so a confusion is per reference;
+  the *same split* (its answers file of that split) that is itself an answer of that kind: its real
+  confusions, e.g. "the digit one" for "the digit seven". A wrong answer that answers nothing (an
+  undertrained model's "the digit" or "aaaa moving up") is no hard negative and is not used. The
+  answers files do not name the media item, so a confusion is per reference;
 * ``direction`` (video/motion): the same object moving another way ("... moving left" for "... moving
   right"; the clips of opposite directions are the same frames in reverse order);
 * ``caption`` (image/caption, audio/transcript): another answer of the same kind and source (another
@@ -49,13 +51,15 @@ KINDS = ("image/caption", "video/motion", "text/definition")
 DEFINE = re.compile(r'the (noun|verb|adjective|adverb) "')
 
 
-def confusions(path: Path | None) -> dict[tuple[str, str], list[str]]:
-    """``(kind, reference) -> sorted distinct wrong answers`` of an answers file (empty without one)."""
+def confusions(path: Path | None, answers: dict[str, set[str]]) -> dict[tuple[str, str], list[str]]:
+    """``(kind, reference) -> sorted distinct wrong answers`` of an answers file that are answers of
+    their kind (``answers``: kind -> every answer of the instruction set); empty without a file."""
     wrong: dict[tuple[str, str], set[str]] = defaultdict(set)
     for line in path.read_text().splitlines() if path else []:
         a = json.loads(line)
-        if not a["correct"] and a["answer"].strip() and a["answer"].strip() != a["reference"]:
-            wrong[a["kind"], a["reference"]].add(a["answer"].strip())
+        answer = a["answer"].strip()
+        if answer != a["reference"] and answer in answers.get(a["kind"], ()):
+            wrong[a["kind"], a["reference"]].add(answer)
     return {k: sorted(v) for k, v in wrong.items()}
 
 
@@ -151,10 +155,15 @@ def main() -> None:
     if unknown:
         parser.error(f"--answers names splits {sorted(unknown)}; use train= and val=")
     samples = read_shards(REPO / "data" / "instructions")
+    kind_answers: dict[str, set[str]] = defaultdict(set)
+    for _, raw in samples:
+        record = json.loads(raw["json"])
+        kind_answers[record["kinds"][0]].add(record["messages"][1]["content"])
     args.out.mkdir(parents=True, exist_ok=True)
     counts: Counter[str] = Counter()
     for split, num_shards in (("train", 4), ("val", 2)):
-        wrong = confusions(Path(answers[split]) if split in answers else None)
+        wrong = confusions(Path(answers[split]) if split in answers else None, kind_answers)
+        print(f"{split}: {sum(map(len, wrong.values()))} confusions with another answer of the kind")
         made = pairs(samples, split, wrong, set(args.kinds), args.seed)
         made = (
             cap(made, args.max_per_kind, args.seed)

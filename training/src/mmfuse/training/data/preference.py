@@ -374,7 +374,11 @@ class PreferenceDataModule(ChatDataModule):
         for split, shards in (("train", self.train_shards), ("val", self.val_shards)):
             for url in expand_urls(shards) if shards else []:
                 digest.update(f"|{split}|".encode())
-                digest.update(Path(url).read_bytes() if Path(url).is_file() else url.encode())
+                if Path(url).is_file():
+                    with open(url, "rb") as f:
+                        digest.update(hashlib.file_digest(f, "sha256").digest())
+                else:
+                    digest.update(url.encode())
         return digest.hexdigest()
 
     def reference_dataloaders(self) -> dict[str, Any]:

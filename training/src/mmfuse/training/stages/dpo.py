@@ -40,8 +40,8 @@ class DirectPreferenceOptimization(LMStage):
         ref_logps_cache: a file for reference log-probs precomputed in one pass before training
             (computed when missing, refused when its fingerprints are not this run's); None keeps a
             frozen copy of the model as the live reference.
-        lr, weight_decay, betas, eps, warmup_steps, min_lr_ratio, max_grad_norm: see
-            :class:`~mmfuse.training.stages.base.LMStage`.
+        kwargs: the optimiser arguments of :class:`~mmfuse.training.stages.base.LMStage` (``lr``,
+            ``weight_decay``, ``betas``, ``eps``, ``warmup_steps``, ``min_lr_ratio``, ``max_grad_norm``).
 
     Raises:
         ValueError: an unknown ``loss_type``.
@@ -59,19 +59,11 @@ class DirectPreferenceOptimization(LMStage):
         simpo_gamma: float = 0.5,
         rpo_alpha: float | None = None,
         ref_logps_cache: str | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.95),
-        eps: float = 1e-8,
-        warmup_steps: int = 10,
-        min_lr_ratio: float = 0.1,
-        max_grad_norm: float | None = 1.0,
+        **kwargs: Any,
     ) -> None:
         if loss_type not in DPO_LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {sorted(DPO_LOSS_TYPES)}, got {loss_type!r}")
-        super().__init__(
-            model, init_from, lr, weight_decay, betas, eps, warmup_steps, min_lr_ratio, max_grad_norm
-        )
+        super().__init__(model, init_from, **kwargs)
         self.reference: FrozenReference | CachedReference | None = None
         if DPO_LOSS_TYPES[loss_type].reference:
             self.reference = (

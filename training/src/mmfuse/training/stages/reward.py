@@ -76,8 +76,8 @@ class RewardModeling(LMStage):
         center_rewards_coefficient: :func:`~mmfuse.core.losses.reward_loss`'s centering weight (TRL
             suggests 0.01); None: off.
         num_bins: reliability bins of the held-out calibration.
-        lr, weight_decay, betas, eps, warmup_steps, min_lr_ratio, max_grad_norm: see
-            :class:`~mmfuse.training.stages.base.LMStage`.
+        kwargs: the optimiser arguments of :class:`~mmfuse.training.stages.base.LMStage` (``lr``,
+            ``weight_decay``, ``betas``, ``eps``, ``warmup_steps``, ``min_lr_ratio``, ``max_grad_norm``).
     """
 
     units_name = "pairs"
@@ -88,17 +88,9 @@ class RewardModeling(LMStage):
         init_from: str | None = None,
         center_rewards_coefficient: float | None = None,
         num_bins: int = 10,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.95),
-        eps: float = 1e-8,
-        warmup_steps: int = 10,
-        min_lr_ratio: float = 0.1,
-        max_grad_norm: float | None = 1.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            model, init_from, lr, weight_decay, betas, eps, warmup_steps, min_lr_ratio, max_grad_norm
-        )
+        super().__init__(model, init_from, **kwargs)
         embeddings = model.lm.get_input_embeddings().weight
         # AutoModelForSequenceClassification's head: no bias, normal(0, initializer_range)
         self.score = nn.Linear(embeddings.shape[1], 1, bias=False, dtype=embeddings.dtype)
