@@ -1,5 +1,5 @@
 """The ``mmfuse`` command: LightningCLI (fit / validate / test / predict) and the commands of
-:data:`COMMANDS` (``mmfuse report``, ``mmfuse eval``, ``mmfuse data``).
+:data:`COMMANDS` (``mmfuse report``, ``eval``, ``data``, ``flywheel``).
 
 Every stage is a LightningModule and every dataset a LightningDataModule chosen in YAML by
 ``class_path`` / ``init_args`` (one config system: jsonargparse). Defaults added here:
@@ -96,6 +96,7 @@ COMMANDS = {
     "report": "mmfuse.training.report",
     "eval": "mmfuse.training.evaluation",
     "data": "mmfuse.training.datatools",
+    "flywheel": "mmfuse.training.flywheel",
 }
 
 

@@ -5,7 +5,8 @@ A run directory is a trainer's ``default_root_dir``. Lightning's CSV logger writ
 again the steps between its checkpoint and the interruption. The report merges the files in
 version order and keeps, for each metric and step, the value logged last. The run manifest
 (``manifest.json``, see :mod:`mmfuse.training.callbacks.manifest`) of the latest start, when
-present, heads the summary.
+present, heads the summary. A reward-model run's latest ``reliability-epoch=E.json`` (written by
+:class:`~mmfuse.training.stages.reward.RewardModeling`'s validation) is drawn as ``reliability.png``.
 """
 
 from __future__ import annotations
@@ -103,6 +104,30 @@ def plot_curves(
     fig.savefig(path, dpi=110)
 
 
+def plot_reliability(figures: dict, path: Path, title: str) -> None:
+    """Write a reliability diagram: accuracy against mean confidence per bin, the diagonal, the counts."""
+    bins = [b for b in figures["bins"] if b["count"]]
+    width = figures["bins"][0]["upper"] - figures["bins"][0]["lower"]
+    fig = Figure(figsize=(5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    centres = [(b["lower"] + b["upper"]) / 2 for b in bins]
+    ax.bar(centres, [b["accuracy"] for b in bins], width=width * 0.9, alpha=0.7, label="accuracy")
+    ax.plot(
+        [b["confidence"] for b in bins],
+        [b["accuracy"] for b in bins],
+        "o",
+        color="C1",
+        label="(confidence, accuracy)",
+    )
+    ax.plot([0.5, 1], [0.5, 1], "--", color="gray", label="perfect calibration")
+    for x, b in zip(centres, bins, strict=True):
+        ax.annotate(str(b["count"]), (x, b["accuracy"]), ha="center", va="bottom", fontsize=7)
+    ax.set(xlim=(0.5, 1), ylim=(0, 1.05), xlabel="confidence max(p, 1 - p)", ylabel="accuracy")
+    ax.set_title(f"{title}: ECE {figures['ece']:.4f} over {figures['num_pairs']} pairs", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.savefig(path, dpi=110)
+
+
 def _manifest_lines(files: Sequence[Path]) -> list[str]:
     manifests = sorted({f.parent / "manifest.json" for f in files if (f.parent / "manifest.json").exists()})
     if not manifests:
@@ -152,6 +177,12 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
                 group, out_dir / f"{stem}.png", f"{run_dir.name}: {stem}", overlay=overlay, restarts=restarts
             )
             lines += ["", f"![{stem}]({stem}.png)"]
+    reliability = sorted(run_dir.rglob("reliability-epoch=*.json"), key=_version_key)
+    if reliability:
+        figures = json.loads(reliability[-1].read_text())
+        plot_reliability(figures, out_dir / "reliability.png", f"{run_dir.name} epoch {figures['epoch']}")
+        lines += ["", f"reliability of `{reliability[-1].relative_to(run_dir)}`: ECE {figures['ece']:.4f}",
+                  "", "![reliability](reliability.png)"]  # fmt: skip
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
@@ -170,4 +201,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"wrote {report} and its plots in {report.parent}")
 
 
-__all__ = ["find_metrics_files", "main", "plot_curves", "read_curves", "restart_steps", "write_report"]
+__all__ = [
+    "find_metrics_files",
+    "main",
+    "plot_curves",
+    "plot_reliability",
+    "read_curves",
+    "restart_steps",
+    "write_report",
+]

@@ -161,9 +161,12 @@ class ShardedDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> EpochLoader | list:
         """Every validation sample once; an empty list without ``val_shards``."""
-        if self.val_shards is None:
-            return []
-        urls = expand_urls(self.val_shards)
+        return [] if self.val_shards is None else self.pass_dataloader(self.val_shards)
+
+    def pass_dataloader(self, shards: str) -> EpochLoader:
+        """Every sample of ``shards`` once, unshuffled, in ``val_batch_size`` batches decoded with
+        ``train=False``, split over ranks and workers (validation; a precomputing pass over the data)."""
+        urls = expand_urls(shards)
         stream = ShardedStream(
             urls, self.decoder(), batch_size=self.val_batch_size, train=False, shuffle_buffer=0,
             split_samples=len(urls) < self._world_size() * max(self.num_workers, 1),

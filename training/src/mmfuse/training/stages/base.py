@@ -4,7 +4,8 @@ A stage receives its :class:`~mmfuse.core.model.MultimodalLM` and defines its lo
 (:meth:`LMStage.micro_batch_loss`) and the unit its loss is normalised by
 (:meth:`LMStage.loss_units`: target tokens for SFT, pairs for DPO...). The base owns:
 
-* AdamW over two parameter groups (matrices decay; biases, norms, scalars do not) with every AdamW
+* AdamW over the stage's trainable parameters (its model and any head it adds, e.g. a reward
+  model's score) in two groups (matrices decay; biases, norms, scalars do not) with every AdamW
   argument configurable, and linear warmup + cosine decay stepped per optimiser step;
 * manual accumulation: one training batch is one optimiser step of ``micro_batches``; the loss of
   each micro-batch is its *sum* over units divided by the units of the whole step, all-reduced over
@@ -158,10 +159,10 @@ class LMStage(L.LightningModule):
         mixed = isinstance(self.trainer.precision_plugin, MixedPrecision)
         fused = self.device.type in ("cpu", "cuda") and not mixed if hp.fused is None else hp.fused
         optimizer = torch.optim.AdamW(
-            adamw_param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=hp.betas, eps=hp.eps, fused=fused
+            adamw_param_groups(self, hp.weight_decay), lr=hp.lr, betas=hp.betas, eps=hp.eps, fused=fused
         )
-        scheduler = warmup_cosine(optimizer, hp.warmup_steps, int(self.trainer.estimated_stepping_batches),
-                                  hp.min_lr_ratio)  # fmt: skip
+        total = lambda: int(self.trainer.estimated_stepping_batches)  # read lazily: see warmup_cosine
+        scheduler = warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
