@@ -2,5 +2,6 @@
 
 from mmfuse.training.data.chat import ChatDataModule
 from mmfuse.training.data.media_text import MediaTextDataModule
+from mmfuse.training.data.prompts import PromptDataModule
 
-__all__ = ["ChatDataModule", "MediaTextDataModule"]
+__all__ = ["ChatDataModule", "MediaTextDataModule", "PromptDataModule"]
