@@ -256,7 +256,8 @@ class ShardedStream(IterableDataset):
 
     Args:
         urls: shard URLs (already expanded).
-        decode: ``decode(sample, train=...) -> dict``; exceptions skip the sample.
+        decode: ``decode(sample, train=...) -> dict``; an exception skips the sample and counts it,
+            None leaves it out uncounted (a filter).
         batch_size: samples per batch.
         train: augmentation on, shuffle buffer on, partial last batch dropped.
         seed: integer seed of shard order, shuffle buffer and resampling.
@@ -322,7 +323,7 @@ class ShardedStream(IterableDataset):
             if self.repeat and skips.decoded == decoded:  # repeating would loop forever
                 raise ValueError(
                     f"rank {rank} worker {worker} read all of {shards} and decoded no sample"
-                    f" (last skipped: {skips.last or 'none, the shards are empty'})"
+                    f" (last skipped: {skips.last or 'none: empty shards or all filtered'})"
                 )
 
     def _shuffled(self, samples: Iterable[Sample], n_pass: int) -> Iterable[Sample]:
@@ -336,10 +337,13 @@ class ShardedStream(IterableDataset):
         batch: list[Sample] = []
         for sample in samples:
             try:
-                batch.append(self.decode(sample, train=self.train))
+                decoded = self.decode(sample, train=self.train)
             except Exception as exn:  # noqa: BLE001 - any decoder failure is a bad sample
                 skips(exn, sample.get("__key__", "?"))
                 continue
+            if decoded is None:  # left out on purpose by the decoder (a filter), not a bad sample
+                continue
+            batch.append(decoded)
             skips.decoded += 1
             if len(batch) == self.batch_size:
                 yield {**collate(batch), "num_skipped": skips.take()}
