@@ -257,7 +257,8 @@ class ShardedStream(IterableDataset):
 
     Args:
         urls: shard URLs (already expanded).
-        decode: ``decode(sample, train=...) -> dict``; exceptions skip the sample.
+        decode: ``decode(sample, train=...) -> dict``; an exception skips the sample and counts it,
+            None leaves it out uncounted (a filter).
         batch_size: samples per batch.
         train: augmentation on, shuffle buffer on, partial last batch dropped.
         seed: integer seed of shard order, shuffle buffer and resampling.
@@ -323,7 +324,7 @@ class ShardedStream(IterableDataset):
             if self.repeat and skips.decoded == decoded:  # repeating would loop forever
                 raise ValueError(
                     f"rank {rank} worker {worker} read all of {shards} and decoded no sample"
-                    f" (last skipped: {skips.last or 'none, the shards are empty'})"
+                    f" (last skipped: {skips.last or 'none: empty shards or all filtered'})"
                 )
 
     def _shuffled(self, samples: Iterable[Sample], n_pass: int) -> Iterable[Sample]:
@@ -341,6 +342,8 @@ class ShardedStream(IterableDataset):
                 out = self.decode(sample, train=self.train)
             except Exception as exn:  # noqa: BLE001 - any decoder failure is a bad sample
                 skips(exn, sample.get("__key__", "?"))
+                continue
+            if out is None:  # left out on purpose by the decoder (a filter), not a bad sample
                 continue
             skips.decoded += 1
             yield out

@@ -97,6 +97,7 @@ def decode(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    suppress_token_ids: Sequence[int] = (),
 ) -> Generation:
     """Generate up to ``max_new_tokens`` per row, stopping when every row has emitted EOS.
 
@@ -112,6 +113,9 @@ def decode(
         top_k: keep the k most likely tokens when sampling (None: all).
         top_p: nucleus mass when sampling (None: 1).
         generator: the RNG of the sampling (seeded -> reproducible).
+        suppress_token_ids: ids never generated (transformers' ``suppress_tokens``), e.g. media
+            placeholders, which have no media item; like top-k / top-p they only remove candidates, so
+            ``logps`` stay those of the full distribution.
 
     Returns:
         The :class:`Generation`.
@@ -128,11 +132,14 @@ def decode(
     attention_mask = attention_mask.long()
     position_ids = position_ids_from_attention_mask(attention_mask)
     finished = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
+    suppress = torch.tensor(list(suppress_token_ids), dtype=torch.int64, device=input_ids.device)
     ids, masks, logps = [], [], []
     new_ids = input_ids
     for _ in range(max_new_tokens):
         logits = step(new_ids, attention_mask, position_ids).float() / temperature  # [b, v]
         log_probs = logits.log_softmax(-1)
+        if len(suppress):
+            logits = logits.index_fill(-1, suppress, float("-inf"))
         if do_sample:
             probs = filter_logits(logits, top_k, top_p).softmax(-1)
             token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [b]

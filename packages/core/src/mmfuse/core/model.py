@@ -313,7 +313,8 @@ class MultimodalLM(nn.Module):
 
         Each tower runs once over the prompts' media; the ``num_return_sequences`` samples of a prompt
         share that encoding (rows ``g * i .. g * i + g - 1`` are prompt ``i``'s). Position ids follow
-        the attention mask, stopping is at the tokenizer's EOS.
+        the attention mask, stopping is at the tokenizer's EOS; media placeholders are never generated
+        (a completion has no media item for them).
 
         Args:
             input_ids: ``[b, s]`` int64 prompts, left-padded.
@@ -343,6 +344,7 @@ class MultimodalLM(nn.Module):
                 step, input_ids, attention_mask, max_new_tokens=max_new_tokens,
                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
                 do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                suppress_token_ids=list(self.media_token_ids.values()),
             )  # fmt: skip
 
     def _repeat_items(

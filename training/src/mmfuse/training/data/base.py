@@ -99,7 +99,7 @@ class ShardedDataModule(L.LightningDataModule):
         return self.batch_size
 
     def decoder(self) -> Callable[..., dict[str, Any]]:
-        """``decode(sample, train=...) -> dict``; an exception skips and counts the sample."""
+        """``decode(sample, train=...) -> dict``; an exception skips and counts a sample, None filters it."""
         raise NotImplementedError
 
     def _world_size(self) -> int:

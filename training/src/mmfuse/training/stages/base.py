@@ -4,10 +4,12 @@ A stage receives its :class:`~mmfuse.core.model.MultimodalLM` and defines its lo
 (:meth:`LMStage.micro_batch_loss`) and the unit its loss is normalised by
 (:meth:`LMStage.loss_units`: target tokens for SFT, pairs for DPO...). The base owns:
 
-* AdamW over the stage's trainable parameters (its model and any head it adds, e.g. a reward
-  model's score) in two groups (matrices decay; biases, norms, scalars do not) with every AdamW
-  argument configurable, and linear warmup + cosine decay stepped per optimiser step;
-* manual accumulation: one training batch is one optimiser step of ``micro_batches``; the loss of
+* AdamW over two parameter groups of the stage's trainable parameters (the model's and any head a
+  stage adds, e.g. a reward model's score; matrices decay; biases, norms, scalars do not) with every
+  AdamW argument configurable, and linear warmup + cosine decay stepped per optimiser step
+  (:meth:`LMStage.scheduler_steps`);
+* manual accumulation (:meth:`LMStage.optimizer_update`): one training batch is one optimiser step of
+  ``micro_batches`` (the RL stages take several per batch); the loss of
   each micro-batch is its *sum* over units divided by the units of the whole step, all-reduced over
   micro-batches and ranks (transformers' ``num_items_in_batch``): accumulating micro-batches of any
   sizes on any number of ranks gives the gradient of one big batch, and a micro-batch without units
@@ -84,7 +86,7 @@ class LMStage(L.LightningModule):
         fused: bool | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model"])
+        self.save_hyperparameters(ignore=list(self.object_arguments))
         self.automatic_optimization = False
         self.model = model
         if init_from is not None:
@@ -92,6 +94,9 @@ class LMStage(L.LightningModule):
 
     #: the name ``train/<name>`` under which the per-step unit count is logged.
     units_name = "loss_units"
+    #: init arguments that are objects, not settings: kept out of ``hparams`` and so out of checkpoints
+    #: (which ``init_from`` reads with ``weights_only=True``).
+    object_arguments: tuple[str, ...] = ("model",)
 
     @property
     def tokenizer(self) -> Any:
@@ -131,13 +136,17 @@ class LMStage(L.LightningModule):
                 metrics[name] = metrics.get(name, 0.0) + value.detach() * scale / world_size
         return loss, metrics
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def optimizer_update(self, micro_batches: list[dict[str, Any]]) -> tuple[Tensor, dict[str, Tensor], int]:
+        """One optimiser step over this rank's ``micro_batches``: accumulate, clip, step, schedule.
+
+        Returns:
+            This rank's share of the loss and metrics (:meth:`accumulate`) and its loss units.
+        """
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        local = sum(self.loss_units(mb) for mb in batch["micro_batches"])
+        local = sum(self.loss_units(mb) for mb in micro_batches)
         total = self.trainer.strategy.reduce(torch.tensor(float(local), device=self.device), reduce_op="sum")
         # DDP averages gradients over ranks, so each rank scales by world_size / the global unit count.
-        loss, metrics = self.accumulate(batch["micro_batches"], total, self.trainer.world_size,
-                                        self.manual_backward)  # fmt: skip
+        loss, metrics = self.accumulate(micro_batches, total, self.trainer.world_size, self.manual_backward)
         if self.hparams.max_grad_norm is not None:
             self.clip_gradients(
                 optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm"
@@ -145,12 +154,20 @@ class LMStage(L.LightningModule):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
+        return loss, metrics, local
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss, metrics, local = self.optimizer_update(batch["micro_batches"])
         # this rank's share; the sum over ranks is the step's figure
         self.log("train/loss", loss, prog_bar=True, reduce_fx="sum", sync_dist=True)
         self.log_dict({f"train/{k}": v for k, v in metrics.items()}, reduce_fx="sum", sync_dist=True)
         self.log(f"train/{self.units_name}", float(local), reduce_fx="sum")
         log_data(self, batch)
         return loss
+
+    def scheduler_steps(self) -> int:
+        """Optimiser steps the schedule spans: one per training batch (the RL stages take several)."""
+        return int(self.trainer.estimated_stepping_batches)
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
@@ -161,8 +178,8 @@ class LMStage(L.LightningModule):
         optimizer = torch.optim.AdamW(
             adamw_param_groups(self, hp.weight_decay), lr=hp.lr, betas=hp.betas, eps=hp.eps, fused=fused
         )
-        total = lambda: int(self.trainer.estimated_stepping_batches)  # read lazily: see warmup_cosine
-        scheduler = warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr_ratio)
+        # the step total is read lazily (see warmup_cosine), so a resumed run restores its data position first
+        scheduler = warmup_cosine(optimizer, hp.warmup_steps, self.scheduler_steps, hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
