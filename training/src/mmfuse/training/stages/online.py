@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from mmfuse.core.model import MultimodalLM
+from mmfuse.training.data.base import log_data
 from mmfuse.training.rewards import Reward, combine
 from mmfuse.training.rollout import (
     Rollout,
@@ -45,7 +46,7 @@ from mmfuse.training.rollout import (
     map_micro_batches,
     sample,
 )
-from mmfuse.training.stages.base import LMStage, log_skipped
+from mmfuse.training.stages.base import LMStage
 from mmfuse.training.stages.sft import InstructionTuning
 
 
@@ -231,7 +232,7 @@ class OnlineRL(LMStage):
         metrics = {**self.score(rollout), **self.prepare(rollout)}
         timing["time/scoring"] = clock.lap()
         kept = self.keep(rollout)
-        log_skipped(self, batch)
+        log_data(self, batch)
         if kept is None:
             self.log_dict({**metrics, **timing})
             return None
