@@ -1,5 +1,6 @@
 """The ``mmfuse`` command: LightningCLI (fit / validate / test / predict) and the commands of
-:data:`COMMANDS` (``mmfuse report``, ``mmfuse eval``, ``mmfuse data``).
+:data:`COMMANDS` (``mmfuse report``, ``mmfuse eval``, ``mmfuse data``, ``mmfuse merge``,
+``mmfuse export``, ``mmfuse chat``).
 
 Every stage is a LightningModule and every dataset a LightningDataModule chosen in YAML by
 ``class_path`` / ``init_args`` (one config system: jsonargparse). Defaults added here:
@@ -112,6 +113,9 @@ COMMANDS = {
     "report": "mmfuse.training.report",
     "eval": "mmfuse.training.evaluation",
     "data": "mmfuse.training.datatools",
+    "merge": "mmfuse.training.merge",
+    "export": "mmfuse.training.export",
+    "chat": "mmfuse.training.chat",
 }
 
 
