@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from rich.console import Console
 from rich.prompt import Prompt
 from torch import Tensor
@@ -157,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     parser.add_argument("--int8", action="store_true", help="torchao int8 weight-only linear layers")
     args = parser.parse_args(argv)
+    transformers.utils.logging.disable_progress_bar()  # no weight-loading bar in the terminal
     model = MultimodalLM.from_pretrained(args.directory)
     if args.int8:
         from mmfuse.training.quantize import quantize_int8

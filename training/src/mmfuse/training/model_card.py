@@ -92,11 +92,17 @@ def source_counts(shards: Any) -> Counter[str]:
 
 
 def licence(source: str) -> tuple[str, str]:
-    """``(licence, file)`` of a data source from ``LICENSES/<source>*.md``; ``("unknown", "")`` if none."""
+    """``(licence, file)`` of a data source from ``LICENSES/<source>*.md``; ``("unknown", "")`` if none.
+
+    The licence is the name on its ``**Licence:**`` line, with a short parenthesised id kept.
+    """
     for path in sorted(LICENSES.glob(f"{source}*.md")):
         match = re.search(r"\*\*Licence:\*\*\s*(.+?)(?:,\s*http|\n\s*\n|$)", path.read_text(), re.S)
         if match:
-            return " ".join(match.group(1).split()), str(path)
+            text = " ".join(match.group(1).split())
+            name = re.split(r" \(|[,;]|\. ", text)[0]  # "GPL-2+ (GNU General ..." -> "GPL-2+"
+            short = re.match(r" \(([^)]{1,15})\)", text[len(name) :])  # keep "(CC BY 4.0)"
+            return name + (f" ({short.group(1)})" if short else ""), str(path)
     return "unknown", ""
 
 
