@@ -66,8 +66,8 @@ def test_kinds_keep_only_those_training_questions_and_count_no_skip(tmp_path):
     def prompts(kinds):
         transforms = {"image": ImageTransform(image_size=16)}
         data = PromptDataModule(
-            str(tmp_path / "train.jsonl"), transforms=transforms, batch_size=1, kinds=kinds, tokenizer=tokenizer,
-            num_workers=0, shuffle_buffer=0, num_samples=2,
+            str(tmp_path / "train.jsonl"), transforms=transforms, batch_size=1, kinds=kinds,
+            tokenizer=tokenizer, num_workers=0, shuffle_buffer=0, num_samples=2,
         )  # fmt: skip
         batches = [data.on_before_batch_transfer(b, 0) for b in data.train_dataloader()]
         assert sum(b["num_skipped"] for b in batches) == 0
