@@ -17,7 +17,8 @@ from datatools_media import (
     run,
     write_tar,
 )
-from video_bytes import encode_mp4
+
+from mmfuse.video.conformance import encode_clip
 
 CAPTIONS = [
     f"{w} texture number {i}" for i, w in enumerate("red green blue cyan amber olive teal pink".split())
@@ -94,14 +95,14 @@ def test_audio_is_compared_by_its_decoded_waveform(tmp_path: Path) -> None:
 def test_a_clip_played_backwards_is_not_a_duplicate(tmp_path: Path) -> None:
     frames = [moving(seed) for seed in range(4)]
     samples = [
-        pair(f"clip-{i}", encode_mp4(f, gop=1), "mp4", f"texture {i} moving right")
+        pair(f"clip-{i}", encode_clip(f, "h264-mp4", fps=8), "mp4", f"texture {i} moving right")
         for i, f in enumerate(frames)
     ]
     samples += [
-        pair("copy-of-0", encode_mp4(frames[0], gop=1), "mp4", "texture 0 moving right"),
+        pair("copy-of-0", encode_clip(frames[0], "h264-mp4", fps=8), "mp4", "texture 0 moving right"),
         pair(
             "reversed-1",
-            encode_mp4(np.ascontiguousarray(frames[1][::-1]), gop=1),
+            encode_clip(np.ascontiguousarray(frames[1][::-1]), "h264-mp4", fps=8),
             "mp4",
             "texture 1 moving right",
         ),
