@@ -6,6 +6,7 @@ import textwrap
 import pytest
 import torch
 from dist_grpo import grpo_stage, prompts
+from tiny_lm import tiny_model
 
 from mmfuse.training.rewards import (
     ExactMatch,
@@ -13,9 +14,11 @@ from mmfuse.training.rewards import (
     FunctionReward,
     ModelReward,
     RewardInputs,
+    RewardModelScorer,
     combine,
     load_function,
 )
+from mmfuse.training.stages.reward import RewardModeling
 
 INPUTS = RewardInputs(
     prompts=["Which digit?", "Which digit?", "What moves?"],
@@ -100,3 +103,35 @@ def test_the_model_reward_reads_each_completion_at_its_last_attended_token():
     assert inputs.columns["completion_ids"][0] == rollout.rows["completion_ids"][0][: lengths[0]].tolist()
     with pytest.raises(TypeError, match="must be callable"):
         ModelReward(scorer="not a model")
+
+
+def test_the_reward_model_checkpoint_scores_each_completion_as_it_scores_it_alone(tmp_path):
+    """RewardModelScorer over a rollout's rows = the stage's own score of each row, one row at a time."""
+    torch.manual_seed(3)
+    trained = RewardModeling(tiny_model(dtype=torch.float32))
+    torch.nn.init.normal_(trained.score.weight)
+    torch.save({"state_dict": trained.state_dict()}, tmp_path / "reward.ckpt")
+    scorer = RewardModelScorer(tiny_model(dtype=torch.float32), str(tmp_path / "reward.ckpt"))
+    stage = grpo_stage(group_size=2, max_new_tokens=4)
+    inputs = stage.rollout(prompts(stage.tokenizer), batch_idx=0).reward_inputs(stage.pad_token_id)
+    scores = ModelReward(scorer).score(inputs)
+    index = inputs.columns["completion_ids"]
+    assert len(scores) == len(index) and scores.std() > 0
+    items = 0
+    for row in range(len(scores)):
+        real = inputs.attention_mask[row].bool()
+        n = int((inputs.input_ids[row] == trained.model.media_token_ids["image"]).sum())
+        media = (
+            {"image": {"pixel_values": inputs.media["image"]["pixel_values"][items : items + n]}} if n else {}
+        )
+        items += n
+        alone = {
+            "input_ids": inputs.input_ids[row, real][None],
+            "attention_mask": torch.ones(1, int(real.sum())),
+        }
+        with torch.no_grad():
+            expected = trained.eval().rewards({**alone, "media": media}, group_size=1)
+        torch.testing.assert_close(scores[row], expected[0], atol=1e-5, rtol=0)
+    with pytest.raises(KeyError, match="no 'state_dict'"):
+        torch.save({"weights": {}}, tmp_path / "bad.ckpt")
+        RewardModelScorer(tiny_model(dtype=torch.float32), str(tmp_path / "bad.ckpt"))

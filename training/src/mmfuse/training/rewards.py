@@ -14,9 +14,10 @@ apply to a completion leaves the others to score it.
   TRL's standard, non-conversational format), and ``columns`` hold, one entry per completion,
   ``reference`` (the reference answer), ``kind`` (the question kind), ``question`` and
   ``completion_ids`` (``list[int]``, TRL's name); a function takes those it needs and ``**kwargs``.
-* :class:`ModelReward`: a trained reward model behind the small :class:`SequenceScorer` protocol
+* :class:`ModelReward`: a trained reward model behind the small :class:`SequenceScorer` interface
   (scores ``(prompt, completion)`` token sequences with their media at the last attended token, TRL's
-  reward-model convention).
+  reward-model convention); :class:`RewardModelScorer` is the reward-modelling stage's model read from
+  its checkpoint.
 
 The first three are themselves callables with TRL's signature (``ExactMatch()(prompts, completions,
 reference=...)``), so they also run inside TRL.
@@ -31,10 +32,13 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from mmfuse.core.model import MultimodalLM
+from mmfuse.training.stages.reward import RewardModeling
 
 Media = Mapping[str, Mapping[str, Tensor]]
 TRLRewardFunction = Callable[..., Sequence[float | None]]
@@ -64,15 +68,16 @@ class RewardInputs:
     media: Media | None = None
 
 
-@runtime_checkable
-class SequenceScorer(Protocol):
+class SequenceScorer:
     """A trained reward model: ``(input_ids [b, s], attention_mask [b, s], media) -> scores [b]`` float32.
 
     Each score is read at the sequence's last attended token (TRL's ``get_reward`` convention: the
     last non-pad token). ``media`` as :attr:`RewardInputs.media`. Gradient-free (called in eval mode).
+    A subclass is named in configs (``class_path``); in Python any callable with this signature does.
     """
 
-    def __call__(self, input_ids: Tensor, attention_mask: Tensor, media: Media | None) -> Tensor: ...
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor, media: Media | None) -> Tensor:
+        raise NotImplementedError
 
 
 class Reward:
@@ -198,7 +203,7 @@ class ModelReward(Reward):
     default_name = "reward_model"
 
     def __init__(self, scorer: SequenceScorer, weight: float = 1.0, name: str | None = None) -> None:
-        if not isinstance(scorer, SequenceScorer):
+        if not callable(scorer):
             raise TypeError(
                 f"ModelReward.scorer must be callable (SequenceScorer), got {type(scorer).__name__}"
             )
@@ -211,6 +216,38 @@ class ModelReward(Reward):
             raise ValueError(f"reward {self.name!r} reads token sequences: RewardInputs.input_ids is None")
         scores = self.scorer(inputs.input_ids, inputs.attention_mask, inputs.media)
         return as_rewards(scores.float().cpu().tolist(), len(inputs.completions), self.name)
+
+
+class RewardModelScorer(SequenceScorer):
+    """A :class:`SequenceScorer` from the reward-modelling stage's checkpoint (its model and score head).
+
+    :meth:`~mmfuse.training.stages.reward.RewardModeling.rewards` of each sequence (its own media, one
+    row each) in eval mode, without gradient; the model moves to the device of the inputs.
+
+    Args:
+        model: the reward model's architecture (the reward config's ``model``, e.g.
+            ``training/configs/models/embedded.yaml``).
+        checkpoint: the reward-modelling run's checkpoint (every ``model.*`` and ``score.*`` weight, read
+            with ``weights_only=True``).
+
+    Raises:
+        KeyError: the checkpoint has no ``state_dict``.
+        RuntimeError: its weights do not fit ``model`` and the score head.
+    """
+
+    def __init__(self, model: MultimodalLM, checkpoint: str) -> None:
+        self.stage = RewardModeling(model)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if "state_dict" not in state:
+            raise KeyError(f"reward model checkpoint {checkpoint} has no 'state_dict' (keys {sorted(state)})")
+        self.stage.load_state_dict(state["state_dict"])
+        self.stage.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor, media: Media | None) -> Tensor:
+        self.stage.to(input_ids.device)
+        micro_batch = {"input_ids": input_ids, "attention_mask": attention_mask, "media": media or {}}
+        return self.stage.rewards(micro_batch, group_size=1)
 
 
 def as_rewards(values: Sequence[float | None], expected: int, name: str) -> Tensor:
@@ -251,6 +288,7 @@ __all__ = [
     "ModelReward",
     "Reward",
     "RewardInputs",
+    "RewardModelScorer",
     "SequenceScorer",
     "TextReward",
     "as_rewards",
