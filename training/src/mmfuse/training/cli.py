@@ -122,5 +122,8 @@ COMMANDS = {
 def main() -> None:
     """Console entry point ``mmfuse``."""
     if sys.argv[1:2] and sys.argv[1] in COMMANDS:
-        sys.exit(importlib.import_module(COMMANDS[sys.argv[1]]).main(sys.argv[2:]))
+        status = importlib.import_module(COMMANDS[sys.argv[1]]).main(sys.argv[2:])
+        if status:
+            sys.exit(status)
+        return
     cli_main()
