@@ -11,6 +11,16 @@ TINY_VIT = {
 }
 
 
+def tiny_model(stage_args: dict) -> None:
+    """Replace ``stage_args["model"]`` (a ``MultimodalLM`` config, inline or a ``../models/*.yaml`` path
+    relative to a stage config) with a tiny inline copy, in place."""
+    model = stage_args["model"]
+    if isinstance(model, str):
+        model = yaml.safe_load((REPO / "training/configs/models" / Path(model).name).read_text())
+    shrink(model["init_args"])
+    stage_args["model"] = model
+
+
 def shrink(model: dict) -> None:
     """Make a ``MultimodalLM``'s ``init_args`` (``lm``, ``towers`` naming the tower files) tiny, in place."""
     model["lm"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_towers import shrink
+from tiny_towers import tiny_model
 
 from mmfuse.training.cli import cli_main
 from mmfuse.training.report import write_report
@@ -35,7 +35,7 @@ def _tiny_config(stage: str, root: Path) -> Path:
     )
     if stage == "grpo":
         stage_args["group_size"] = 2
-    shrink(stage_args["model"]["init_args"])
+    tiny_model(stage_args)
     config["data"]["init_args"].update(batch_size=4, val_batch_size=6, num_workers=0, shuffle_buffer=16)
     path = root / f"tiny_{stage}.yaml"
     path.write_text(yaml.safe_dump(config))
