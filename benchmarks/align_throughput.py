@@ -3,11 +3,14 @@
 Both sides get the same architecture (the config of ``training/configs/align/image_text.yaml``),
 the same batches decoded once from the embedded shards, fp32 (or ``--precision bf16`` autocast),
 AdamW with the same hyper-parameters, and the same number of threads. A step is forward, loss,
-backward, optimiser step, zero_grad; open_clip's is ``CLIP.forward`` + ``ClipLoss`` + the
-``torch.optim.AdamW`` of ``open_clip_train/main.py`` (its ``train_one_epoch`` inner step without the
-GradScaler), ours is ``ContrastiveAlignment``'s ``embed_media`` / ``embed_text`` / loss with
-label-positive groups + the same AdamW.
-Steps alternate between the two so drifting machine load hits both alike.
+backward, optimiser step, zero_grad; open_clip's is ``CLIP.forward`` + ``ClipLoss`` (with
+``cache_labels=True``, as ``open_clip.create_loss`` builds it) + the ``torch.optim.AdamW`` of
+``open_clip_train/main.py`` (its ``train_one_epoch`` inner step without the GradScaler), ours is
+``ContrastiveAlignment``'s ``embed_media`` / ``embed_text`` / loss with label-positive groups + the
+same AdamW. Neither side checkpoints activations or compiles. Both sides' effective settings are
+printed, read back from the models, loss and optimisers. Steps alternate between the two, the
+order flipping every step, so drifting machine load hits both alike; the median images/s per side
+(with the quartiles) and the ratio of the medians are printed.
 
     uv run python benchmarks/align_throughput.py --steps 30
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import statistics
 import time
 
 import open_clip
@@ -24,9 +28,10 @@ import torch
 import yaml
 
 from mmfuse.core.data import EpochLoader, MediaTextDecoder, ShardedStream, expand_urls
+from mmfuse.core.text import OpenClipTextEncoder
 from mmfuse.training.optim import adamw_param_groups
 from mmfuse.training.stages.align import ContrastiveAlignment
-from mmfuse.vision import ImageTransform, OpenClipTextEncoder, OpenClipVisionEncoder
+from mmfuse.vision import ImageTransform, OpenClipVisionEncoder
 
 CONFIG = "training/configs/align/image_text.yaml"
 
@@ -40,13 +45,29 @@ def load_batches(batch_size: int, n: int, image_size: int, context_length: int) 
     return list(EpochLoader(stream, num_batches=n, num_workers=0))
 
 
+def settings(model: torch.nn.Module, optimizer: torch.optim.Optimizer, **extra) -> str:
+    """One side's effective settings, read back from its model and optimiser."""
+    checkpointing = any(getattr(m, "grad_checkpointing", False) for m in model.modules())
+    values = {
+        "dtype": next(model.parameters()).dtype, "grad_checkpointing": checkpointing,
+        "parameters": sum(p.numel() for p in model.parameters()), "optimizer": type(optimizer).__name__,
+        **{k: optimizer.defaults[k] for k in ("lr", "betas", "eps", "fused", "foreach")},
+        "weight_decay": [g["weight_decay"] for g in optimizer.param_groups], **extra,
+    }  # fmt: skip
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="torch threads, both sides"
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     cfg = yaml.safe_load(open(CONFIG))["model"]["init_args"]
     vision = cfg["media_encoder"]["init_args"]
@@ -62,7 +83,7 @@ def main() -> None:
     )
     torch.manual_seed(0)
     theirs = open_clip.CLIP(embed_dim, vision["vision_cfg"], text["text_cfg"])
-    theirs_loss = open_clip.ClipLoss()
+    theirs_loss = open_clip.ClipLoss(cache_labels=True)
     hyper = {"lr": 5e-4, "betas": (0.9, 0.98), "eps": 1e-6}
     opt_ours = torch.optim.AdamW(adamw_param_groups(ours, 0.1), **hyper)
     opt_theirs = torch.optim.AdamW(adamw_param_groups(theirs, 0.1), **hyper)
@@ -91,23 +112,33 @@ def main() -> None:
         with torch.no_grad():
             theirs.logit_scale.clamp_(0, math.log(100))
 
-    elapsed = {"mmfuse": 0.0, "open_clip": 0.0}
-    steps = {"mmfuse": step_ours, "open_clip": step_theirs}
-    for i in range(args.warmup + args.steps):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step(batches[i % len(batches)])
-            if i >= args.warmup:
-                elapsed[name] += time.perf_counter() - start
-    images = args.steps * args.batch_size
-    rate = {name: images / seconds for name, seconds in elapsed.items()}
     print(
         f"threads={torch.get_num_threads()} batch={args.batch_size} steps={args.steps} "
-        f"precision={args.precision}"
+        f"(+{args.warmup} untimed) precision={args.precision}"
     )
-    for name in steps:
-        print(f"{name:>10}: {rate[name]:8.1f} images/s")
-    print(f"ratio mmfuse / open_clip = {rate['mmfuse'] / rate['open_clip']:.3f}")
+    ours_loss = f"ContrastiveAlignment(loss={ours.hparams.loss!r}, positives={ours.hparams.positives!r})"
+    print(f"    mmfuse: {settings(ours, opt_ours, loss=ours_loss)}")
+    loss_flags = {k: getattr(theirs_loss, k) for k in ("local_loss", "gather_with_grad", "cache_labels")}
+    print(f" open_clip: {settings(theirs, opt_theirs, loss=f'ClipLoss({loss_flags})')}")
+    seconds: dict[str, list[float]] = {"mmfuse": [], "open_clip": []}
+    steps = {"mmfuse": step_ours, "open_clip": step_theirs}
+    for i in range(args.warmup + args.steps):
+        order = list(steps) if i % 2 == 0 else list(steps)[::-1]
+        for name in order:
+            start = time.perf_counter()
+            steps[name](batches[i % len(batches)])
+            if i >= args.warmup:
+                seconds[name].append(time.perf_counter() - start)
+    rates = {name: [args.batch_size / s for s in times] for name, times in seconds.items()}
+    medians = {name: statistics.median(r) for name, r in rates.items()}
+    for name, r in rates.items():
+        low, _, high = statistics.quantiles(r, n=4)
+        print(f"{name:>10}: median {medians[name]:8.1f} images/s (quartiles {low:.1f}..{high:.1f})")
+    per_step = statistics.median(o / t for o, t in zip(rates["mmfuse"], rates["open_clip"], strict=True))
+    print(
+        f"ratio mmfuse / open_clip = {medians['mmfuse'] / medians['open_clip']:.3f} "
+        f"(median of per-step ratios {per_step:.3f})"
+    )
 
 
 if __name__ == "__main__":

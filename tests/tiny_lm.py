@@ -17,16 +17,28 @@ LM = dict(
 )  # fmt: skip
 
 
+TOWER = {
+    "class_path": "mmfuse.vision.OpenClipVisionEncoder",
+    "init_args": {
+        "embed_dim": 16,
+        "vision_cfg": dict(image_size=8, patch_size=4, width=16, layers=1, head_width=8),
+    },
+}
+
+
 def tiny_tower() -> OpenClipVisionEncoder:
-    return OpenClipVisionEncoder(
-        embed_dim=16, vision_cfg=dict(image_size=8, patch_size=4, width=16, layers=1, head_width=8)
-    )
+    return OpenClipVisionEncoder(**TOWER["init_args"])
+
+
+def tiny_init_args(**kwargs) -> dict:
+    """The init arguments of :func:`tiny_model` as a resolved config holds them (the tower as a spec)."""
+    return dict(lm=LM, tokenizer=TOKENIZER, towers={"image": TOWER}, num_heads=2, head_dim=8, **kwargs)
 
 
 def tiny_model(open_gates: bool = True, dtype: torch.dtype = torch.float64, **kwargs) -> MultimodalLM:
     """Seeded; gates at 0.5 so that media change the logits (closed, as initialised, when False)."""
     torch.manual_seed(0)
-    model = MultimodalLM(LM, TOKENIZER, towers={"image": tiny_tower()}, num_heads=2, head_dim=8, **kwargs)
+    model = MultimodalLM(**{**tiny_init_args(**kwargs), "towers": {"image": tiny_tower()}})
     if open_gates:
         for layer in model.fused._fused_layers:
             layer.gated_xattn.attn_gate.data.fill_(0.5)

@@ -74,6 +74,8 @@ PACKED_CASES = {
     "single_sequence": ([11], [11], True, 4, 2),
     "all_length_1": ([1, 1, 1], [1, 1, 1], True, 2, 2),
     "empty_key_segment": ([3, 2, 4], [4, 0, 2], False, 2, 2),
+    # causal self-attention runs per length bucket (32 tokens): several buckets, padding, an empty segment
+    "causal_buckets": ([40, 5, 0, 33, 64, 31, 1, 70], [40, 5, 0, 33, 64, 31, 1, 70], True, 4, 2),
 }
 
 
@@ -87,6 +89,13 @@ def test_packed_backends_match_eager(backend, case):
         cu_seqlens_from_lengths(torch.tensor(lengths_k)),
     )
     _assert_matches_eager(backend, q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, causal=causal)
+
+
+def test_sdpa_varlen_rejects_cu_seqlens_that_do_not_cover_the_tokens():
+    q, k, v = _qkv((6, 2, 8), (6, 2, 8))
+    for causal in (True, False):
+        with pytest.raises(ValueError, match="cover 5 query"):
+            attention(q, k, v, cu_seqlens_q=torch.tensor([0, 2, 5], dtype=torch.int32), causal=causal)
 
 
 def test_packed_equals_each_sequence_alone():

@@ -127,6 +127,30 @@ def test_decoding_stops_once_every_row_has_ended():
     assert out.completion_ids.tolist() == [[2], [2]]
 
 
+def test_suppressed_tokens_are_never_generated_and_logps_keep_the_full_distribution():
+    """A media placeholder has no media item: sampled or greedy, it must not come out."""
+    logits = torch.tensor([[4.0, 0.0, 3.0, 0.0]]).repeat(64, 1)  # token 0 most likely, then 2
+    step = lambda ids, mask, pos: logits  # noqa: E731
+    ones = torch.ones(64, 2, dtype=torch.long)
+    for do_sample in (False, True):
+        out = decode(step, ones, ones, max_new_tokens=5, eos_token_id=1, pad_token_id=3, do_sample=do_sample,
+                     suppress_token_ids=[0], generator=torch.Generator().manual_seed(0))  # fmt: skip
+        assert (out.completion_ids != 0).all() and (out.completion_ids == 2).any()
+        full = logits.log_softmax(-1)[0]
+        torch.testing.assert_close(
+            out.logps[out.completion_ids == 2], full[2].expand(int((out.completion_ids == 2).sum()))
+        )
+    model = tiny_model()
+    input_ids, attention_mask, media = _prompts(model)
+    image_id = model.media_token_ids["image"]
+    index = torch.tensor([image_id])
+    boost = lambda module, args, out: out.index_fill(-1, index, 100.0)  # noqa: E731
+    model.lm.get_output_embeddings().register_forward_hook(boost)  # the placeholder dominates every step
+    out = model.generate(input_ids, attention_mask, media, max_new_tokens=3, do_sample=True,
+                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert (out.completion_ids != image_id).all()
+
+
 def test_top_p_keeps_the_smallest_set_reaching_p_and_renormalises():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     logits = probs.log()
@@ -179,3 +203,28 @@ def test_the_language_model_saves_with_save_pretrained_and_loads_with_automodel(
         theirs = loaded(input_ids=input_ids).logits
     torch.testing.assert_close(theirs, ours)
     assert not any("lora" in k for k in loaded.state_dict())
+
+
+def test_logits_mask_gives_those_rows_of_the_full_logits_and_the_same_gradients():
+    model = tiny_model()
+    input_ids, attention_mask, media = _prompts(model)
+    mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    mask[0, -3:], mask[2, 1] = True, True  # scattered positions of two rows
+
+    def picked_logits_and_gradients(logits_mask):
+        model.zero_grad()
+        logits = model(input_ids, media, attention_mask=attention_mask, logits_mask=logits_mask)
+        picked = logits[mask] if logits_mask is None else logits  # [4, v]
+        (picked.logsumexp(-1).sum() + picked[:, 5].sum()).backward()
+        return picked.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full, full_grads = picked_logits_and_gradients(None)
+    masked, masked_grads = picked_logits_and_gradients(mask)
+    assert masked.shape == (4, model.lm.config.vocab_size)
+    torch.testing.assert_close(masked, full)
+    assert masked_grads.keys() == full_grads.keys() and len(full_grads) > 10
+    for name in full_grads:
+        torch.testing.assert_close(masked_grads[name], full_grads[name], msg=name)
+    with torch.no_grad():  # the hook is gone after the call
+        logits = model(input_ids, media, attention_mask=attention_mask)
+        assert logits.shape == (*input_ids.shape, full.shape[-1])

@@ -95,3 +95,19 @@ def test_missing_run_dir_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[
         main([str(tmp_path / "nope")])
     assert info.value.code == 2
     assert f"no metrics.csv under {tmp_path / 'nope'}" in capsys.readouterr().err
+
+
+def test_rl_reward_and_kl_curves_get_their_own_plot(tmp_path: Path) -> None:
+    header = ["step", "train/loss", "rollout/reward", "rollout/rewards/exact_match/mean", "train/kl",
+              "rollout/kl_coef", "train/clip_ratio/region", "rollout/completion_length"]  # fmt: skip
+    _write_csv(tmp_path / "lightning_logs/version_0/metrics.csv", header,
+               [[s, 1 / (s + 1), s / 10, s / 20, s / 100, 0.05, 0.01, 6] for s in range(5)])  # fmt: skip
+    text = write_report(tmp_path).read_text()
+    assert "![rewards](rewards.png)" in text
+    from mmfuse.training import report
+
+    curves = read_curves(find_metrics_files(tmp_path))
+    rl = [name for name in curves if report._REWARD_OR_KL.search(name) and "loss" not in name]
+    assert rl == ["rollout/kl_coef", "rollout/reward", "rollout/rewards/exact_match/mean", "train/kl"]
+    height, width, _ = imread(tmp_path / "report" / "rewards.png").shape
+    assert width > 2 * height  # four panels, three columns: two rows

@@ -7,14 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_towers import shrink
 
 from mmfuse.training.cli import cli_main
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_VIT = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 16, "layers": 1, "head_width": 8},
-}
 
 
 @pytest.mark.slow
@@ -26,17 +23,7 @@ def test_fit_on_the_embedded_instruction_set_logs_exact_match_and_perplexity(tmp
                    check_val_every_n_epoch=1, val_check_interval=2, max_time=None,
                    log_every_n_steps=1)  # fmt: skip
     trainer["callbacks"][0]["init_args"] = {"max_new_tokens": 4, "max_questions": 8}
-    model = config["model"]["init_args"]["model"]["init_args"]
-    model["lm"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-    towers = {
-        m: yaml.safe_load((REPO / "training/configs/towers" / f"{m}.yaml").read_text())
-        for m in model["towers"]
-    }
-    towers["image"]["init_args"] = TINY_VIT
-    towers["video"]["init_args"]["frame_encoder"]["init_args"] = TINY_VIT
-    towers["video"]["init_args"]["temporal"]["init_args"].update(width=16, num_layers=1, num_heads=2)
-    towers["audio"]["init_args"].update(hidden_size=32, num_layers=1, num_heads=2, ffn_dim=64)
-    model["towers"] = towers
+    shrink(config["model"]["init_args"]["model"]["init_args"])
     config["data"]["init_args"].update(batch_size=8, val_batch_size=8, num_workers=0, shuffle_buffer=16)
     path = tmp_path / "tiny_sft.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -1,5 +1,19 @@
-import sys
-from pathlib import Path
+import pytest
+import torchcodec
 
-# Video test helpers (video_bytes.py) import as top-level modules under --import-mode=importlib.
-sys.path.insert(0, str(Path(__file__).parent))
+
+@pytest.fixture(
+    params=[
+        "pyav",
+        "decord",
+        pytest.param(
+            "torchcodec",
+            marks=pytest.mark.skipif(
+                torchcodec.ffmpeg_major_version is None, reason="no system FFmpeg libraries"
+            ),
+        ),
+    ]
+)
+def backend(request) -> str:
+    """Each video backend in turn (torchcodec only where the system FFmpeg libraries are)."""
+    return request.param

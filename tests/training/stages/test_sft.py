@@ -2,6 +2,7 @@
 
 import copy
 
+import lightning as L
 import torch
 from tiny_lm import examples, tiny_model
 
@@ -111,3 +112,40 @@ def test_init_from_loads_a_previous_stage_and_refuses_a_foreign_checkpoint(tmp_p
         assert "no tensor under 'model.'" in str(error)
     else:
         raise AssertionError("an alignment checkpoint was accepted as init_from")
+
+
+def _trainer(precision: str) -> L.Trainer:
+    """A Trainer to attach (not fit): ``configure_optimizers`` reads its precision and step count."""
+    quiet = dict(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    return L.Trainer(accelerator="cpu", precision=precision, max_epochs=-1, max_steps=10, **quiet)
+
+
+def test_adamw_gets_every_argument_and_its_fused_kernel_on_cpu_with_the_same_step():
+    hyper = dict(lr=3e-3, betas=(0.8, 0.9), eps=1e-7, weight_decay=0.2)
+    chats = examples(tiny_model().tokenizer)
+    params = []
+    for fused in (None, False):
+        stage = InstructionTuning(tiny_model(), fused=fused, **hyper).train()
+        stage.trainer = _trainer("32-true")
+        optimizer = stage.configure_optimizers()["optimizer"]
+        assert optimizer.defaults["fused"] is (fused is None)  # None: fused on CPU
+        assert {k: optimizer.defaults[k] for k in ("lr", "betas", "eps")} == {
+            k: hyper[k] for k in ("lr", "betas", "eps")
+        }
+        assert [g["weight_decay"] for g in optimizer.param_groups] == [0.2, 0.0]
+        stage.nll(pack_examples(chats, 64, stage.tokenizer.pad_token_id))[0].backward()
+        optimizer.step()
+        params.append(dict(stage.named_parameters()))
+    for name, param in params[0].items():
+        torch.testing.assert_close(param, params[1][name], msg=name)
+
+
+def test_adamw_is_not_fused_by_default_under_lightning_mixed_precision():
+    stage = InstructionTuning(tiny_model())
+    stage.trainer = _trainer("bf16-mixed")  # its plugin cannot clip the gradients of a fused step
+    assert not stage.configure_optimizers()["optimizer"].defaults["fused"]
+    explicit = InstructionTuning(tiny_model(), fused=True)
+    explicit.trainer = _trainer("bf16-mixed")
+    assert explicit.configure_optimizers()["optimizer"].defaults["fused"]

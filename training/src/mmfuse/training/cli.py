@@ -1,4 +1,5 @@
-"""The ``mmfuse`` command: LightningCLI (fit / validate / test / predict), ``report``, ``flywheel``.
+"""The ``mmfuse`` command: LightningCLI (fit / validate / test / predict) and the commands of
+:data:`COMMANDS` (``mmfuse report``, ``eval``, ``data``, ``flywheel``, ``merge``, ``export``, ``chat``).
 
 Every stage is a LightningModule and every dataset a LightningDataModule chosen in YAML by
 ``class_path`` / ``init_args`` (one config system: jsonargparse). Defaults added here:
@@ -14,6 +15,12 @@ Every stage is a LightningModule and every dataset a LightningDataModule chosen 
   ``max_time`` or a signal still validates and writes its checkpoints);
 * ``rng_state``: :class:`~mmfuse.training.callbacks.rng.RngStateCheckpoint` (RNGs in checkpoints);
 * ``throughput``: :class:`~mmfuse.training.callbacks.throughput.MeasuredThroughputMonitor` (MFU);
+* ``ema_decay``: an exponential moving average of the weights in every stage, Lightning's
+  :class:`~lightning.pytorch.callbacks.EMAWeightAveraging` (``ema = d * ema + (1 - d) * w`` after every
+  optimizer step, the first step copies): validation runs on the averaged weights, checkpoints hold
+  them as ``state_dict`` (so ``init_from``, ``mmfuse eval`` and ``mmfuse export`` read them) and the raw
+  weights as ``current_model_state`` (so ``--ckpt_path`` resumes both). For its other options
+  (``update_starting_at_step``...) list the callback in ``trainer.callbacks`` instead;
 * loggers: CSV always (``lightning_logs/version_N``), TensorBoard when installed
   (``tensorboard/version_N``), both under ``trainer.default_root_dir`` (default ``runs``);
 * the resolved config and the run manifest (:class:`~mmfuse.training.callbacks.manifest.RunManifest`)
@@ -23,6 +30,7 @@ Every stage is a LightningModule and every dataset a LightningDataModule chosen 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import sys
@@ -50,6 +58,10 @@ class MmfuseCLI(LightningCLI):
         parser.add_lightning_class_args(RngStateCheckpoint, "rng_state")
         parser.add_lightning_class_args(ValidateOnStop, "validate_on_stop")
         parser.add_lightning_class_args(MeasuredThroughputMonitor, "throughput")
+        parser.add_argument(
+            "--ema_decay", type=float | None, default=None,
+            help="EMA of the weights with this decay (e.g. 0.999); evaluation and checkpoints use it",
+        )  # fmt: skip
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -70,6 +82,12 @@ class MmfuseCLI(LightningCLI):
                     }
                 )
             trainer.logger = loggers
+        callbacks = trainer.callbacks if isinstance(trainer.callbacks, list) else [trainer.callbacks]
+        callbacks = [c for c in callbacks if c is not None]
+        ema = "lightning.pytorch.callbacks.EMAWeightAveraging"
+        if config.ema_decay is not None and not any(c.get("class_path") == ema for c in callbacks):
+            # added once: a saved config re-run already lists it
+            trainer.callbacks = [*callbacks, {"class_path": ema, "init_args": {"decay": config.ema_decay}}]
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> MmfuseCLI:
@@ -88,16 +106,24 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> MmfuseCLI:
     )
 
 
+#: ``mmfuse <name> ...`` beside LightningCLI's subcommands: name -> the module whose ``main(argv)`` runs
+#: it (its return value, if any, is the exit status).
+COMMANDS = {
+    "report": "mmfuse.training.report",
+    "eval": "mmfuse.training.evaluation",
+    "data": "mmfuse.training.datatools",
+    "flywheel": "mmfuse.training.flywheel",
+    "merge": "mmfuse.training.merge",
+    "export": "mmfuse.training.export",
+    "chat": "mmfuse.training.chat",
+}
+
+
 def main() -> None:
     """Console entry point ``mmfuse``."""
-    if sys.argv[1:2] == ["report"]:
-        from mmfuse.training.report import main as report_main
-
-        report_main(sys.argv[2:])
-        return
-    if sys.argv[1:2] == ["flywheel"]:
-        from mmfuse.training.flywheel import main as flywheel_main
-
-        flywheel_main(sys.argv[2:])
+    if sys.argv[1:2] and sys.argv[1] in COMMANDS:
+        status = importlib.import_module(COMMANDS[sys.argv[1]]).main(sys.argv[2:])
+        if status:
+            sys.exit(status)
         return
     cli_main()

@@ -26,6 +26,9 @@ from matplotlib.figure import Figure
 # loop, not the global step).
 _NOT_CURVES = re.compile(r"^(epoch|step)$|/(time|batches|samples|lengths)$|^(validate|test|predict)/")
 
+# The RL stages' reward and KL curves (rollout/reward, rollout/rewards/<name>/mean, train/kl, ...).
+_REWARD_OR_KL = re.compile(r"reward|(^|/)kl(_|/|$)")
+
 Curves = dict[str, dict[int, float]]  # metric name -> {global step: value}
 
 
@@ -146,9 +149,10 @@ def _manifest_lines(files: Sequence[Path]) -> list[str]:
 def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     """Plot the curves of ``run_dir`` and write ``report.md`` next to the PNGs.
 
-    Writes ``loss.png`` (every metric whose name contains "loss", on one axes), ``metrics.png``
-    (every other metric, one panel each), both with the restarts marked, and ``report.md`` into
-    ``out_dir`` (default ``run_dir/report``).
+    Writes ``loss.png`` (every metric whose name contains "loss", on one axes), ``rewards.png`` (the
+    RL stages' reward and KL curves, one panel each), ``metrics.png`` (every other metric, one panel
+    each), all with the restarts marked, and ``report.md`` into ``out_dir`` (default
+    ``run_dir/report``).
 
     Returns:
         The path of ``report.md``.
@@ -161,7 +165,8 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     out_dir = out_dir or run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     losses = {k: v for k, v in curves.items() if "loss" in k}
-    others = {k: v for k, v in curves.items() if k not in losses}
+    rewards = {k: v for k, v in curves.items() if k not in losses and _REWARD_OR_KL.search(k)}
+    others = {k: v for k, v in curves.items() if k not in losses and k not in rewards}
     lines = [f"# Run report: `{run_dir}`", "", *_manifest_lines(files)]
     restarts = restart_steps(files)
     lines += [f"{len(files)} metrics file(s): " + ", ".join(f"`{f.relative_to(run_dir)}`" for f in files)]
@@ -171,7 +176,11 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         last, values = max(points), points.values()
         cells = [name, len(points), last, *(f"{v:.6g}" for v in (points[last], min(values), max(values)))]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
-    for stem, group, overlay in (("loss", losses, True), ("metrics", others, False)):
+    for stem, group, overlay in (
+        ("loss", losses, True),
+        ("rewards", rewards, False),
+        ("metrics", others, False),
+    ):
         if group:
             plot_curves(
                 group, out_dir / f"{stem}.png", f"{run_dir.name}: {stem}", overlay=overlay, restarts=restarts

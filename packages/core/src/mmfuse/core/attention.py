@@ -27,7 +27,8 @@ Backends (``backend=``):
   hd % 8 == 0, no dropout, no ``attn_mask``.
 * ``flex``: FlexAttention with a segment / causal block mask, both layouts; compiled on CUDA; on CPU
   forward only (no backward in torch 2.11); no ``attn_mask``, no dropout.
-* ``sdpa_varlen``: packed only, any device; one SDPA call per segment (a host loop over ``cu_seqlens``).
+* ``sdpa_varlen``: packed only, any device; a host loop over ``cu_seqlens``: causal self-attention runs one
+  SDPA call per bucket of similar-length segments (right-padded), anything else one call per segment.
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``, both layouts, any device; packed input
   becomes one block-diagonal ``[total_q, total_k]`` mask.
 * ``eager``: the plain math reference, both layouts, any device; materialises every score.
@@ -255,9 +256,55 @@ def _sdpa_varlen_unsupported(call: _Call) -> str | None:
     )
 
 
+#: sdpa_varlen runs causal self-attention segments whose lengths round up to the same multiple of this many
+#: tokens as one SDPA call, right-padded to the longest of them. On this CPU (39 segments of 3..107 tokens,
+#: 4 heads x 32, forward + backward, best of 40, 1 thread) one call per segment took 10.2 ms, buckets of
+#: 16 tokens 6.5 ms, of 32 tokens 4.6 ms, one bucket padded to 107 tokens 33 ms.
+SDPA_VARLEN_BUCKET_TOKENS = 32
+
+
+def _sdpa_varlen_buckets(call: _Call, lengths: list[int]) -> Tensor:
+    """Causal self-attention (equal query and key segments), one SDPA call per length bucket.
+
+    A bucket's segments are gathered into ``[m, h, s_b, hd]``, each right-padded to the bucket's longest:
+    a real query sees only keys at or before it, never the padding after its segment, so ``is_causal``
+    alone computes every segment exactly; the padded query rows are dropped (their gradient is zero).
+    """
+    buckets: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        if n:
+            buckets.setdefault(-(-n // SDPA_VARLEN_BUCKET_TOKENS), []).append(i)
+    starts = call.cu_seqlens_q[:-1].long()  # type: ignore[index]
+    outs, order = [], []
+    for segments in buckets.values():
+        n = torch.tensor([lengths[i] for i in segments], device=call.q.device)
+        slots = torch.arange(max(lengths[i] for i in segments), device=call.q.device)
+        real = slots < n[:, None]  # [m, s_b]
+        index = torch.where(real, starts[segments][:, None] + slots, 0)  # [m, s_b] packed token of each slot
+        q, k, v = (
+            t[index].transpose(1, 2) for t in (call.q, call.k, call.v)
+        )  # [m, s_b, h, hd] -> [m, h, s_b, hd]
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=call.dropout_p, is_causal=True, scale=call.scale, enable_gqa=call.gqa
+        )
+        outs.append(out.transpose(1, 2)[real])  # [m, h, s_b, hd] -> [tokens_b, h, hd]
+        order.append(index[real])
+    if not outs:
+        return call.q.new_zeros(*call.q.shape[:-1], call.v.shape[-1])
+    out = torch.cat(outs)
+    return torch.empty_like(out).index_copy(0, torch.cat(order), out)  # back to the packed order
+
+
 def _sdpa_varlen(call: _Call) -> Tensor:
     lengths_q = torch.diff(call.cu_seqlens_q).tolist()  # type: ignore[arg-type]
     lengths_k = torch.diff(call.cu_seqlens_k).tolist()  # type: ignore[arg-type]
+    if sum(lengths_q) != call.q.shape[0] or sum(lengths_k) != call.k.shape[0]:
+        raise ValueError(
+            f"cu_seqlens cover {sum(lengths_q)} query and {sum(lengths_k)} key tokens, but q has "
+            f"{call.q.shape[0]} and k {call.k.shape[0]}"
+        )
+    if call.causal and lengths_q == lengths_k:
+        return _sdpa_varlen_buckets(call, lengths_q)
     # split (not slicing): its backward concatenates the segment gradients once
     parts = zip(call.q.split(lengths_q), call.k.split(lengths_k), call.v.split(lengths_k), strict=True)
     outs = []

@@ -34,7 +34,8 @@ import logging
 import os
 import random
 import tarfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -256,7 +257,8 @@ class ShardedStream(IterableDataset):
 
     Args:
         urls: shard URLs (already expanded).
-        decode: ``decode(sample, train=...) -> dict``; exceptions skip the sample.
+        decode: ``decode(sample, train=...) -> dict``; an exception skips the sample and counts it,
+            None leaves it out uncounted (a filter).
         batch_size: samples per batch.
         train: augmentation on, shuffle buffer on, partial last batch dropped.
         seed: integer seed of shard order, shuffle buffer and resampling.
@@ -322,7 +324,7 @@ class ShardedStream(IterableDataset):
             if self.repeat and skips.decoded == decoded:  # repeating would loop forever
                 raise ValueError(
                     f"rank {rank} worker {worker} read all of {shards} and decoded no sample"
-                    f" (last skipped: {skips.last or 'none, the shards are empty'})"
+                    f" (last skipped: {skips.last or 'none: empty shards or all filtered'})"
                 )
 
     def _shuffled(self, samples: Iterable[Sample], n_pass: int) -> Iterable[Sample]:
@@ -332,15 +334,25 @@ class ShardedStream(IterableDataset):
         seed = random.Random(f"{self.seed}-{self.epoch}-{n_pass}-{rank}-{worker}").getrandbits(31)
         return wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=seed)(samples)
 
-    def _batches(self, samples: Iterable[Sample], skips: SkipCounter) -> Iterator[Sample]:
-        batch: list[Sample] = []
-        for sample in samples:
+    def decoded(self, skips: SkipCounter) -> Iterator[Sample]:
+        """This worker's decoded samples; a sample whose decoding raises is skipped and counted."""
+        rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
+        for sample in self._samples(rank, world_size, worker, num_workers, skips):
             try:
-                batch.append(self.decode(sample, train=self.train))
+                out = self.decode(sample, train=self.train)
             except Exception as exn:  # noqa: BLE001 - any decoder failure is a bad sample
                 skips(exn, sample.get("__key__", "?"))
                 continue
+            if out is None:  # left out on purpose by the decoder (a filter), not a bad sample
+                continue
             skips.decoded += 1
+            yield out
+
+    def __iter__(self) -> Iterator[Sample]:
+        skips = SkipCounter()
+        batch: list[Sample] = []
+        for sample in self.decoded(skips):
+            batch.append(sample)
             if len(batch) == self.batch_size:
                 yield {**collate(batch), "num_skipped": skips.take()}
                 batch = []
@@ -349,10 +361,91 @@ class ShardedStream(IterableDataset):
         if skips.pending:
             log.warning("%d skipped samples after the last batch of this worker", skips.pending)
 
+
+#: A mixing weight: constant, or a piecewise-linear schedule ``[[step, weight], ...]`` (constant
+#: before the first and after the last point).
+Weight = float | Sequence[Sequence[float]]
+
+
+def weight_at(weight: Weight, step: int) -> float:
+    """The value of a :data:`Weight` at optimiser step ``step`` (``numpy.interp`` semantics).
+
+    Raises:
+        ValueError: a schedule whose steps do not increase, or a negative weight.
+    """
+    if isinstance(weight, int | float):
+        points = [(0.0, float(weight))]
+    else:
+        points = [(float(x), float(y)) for x, y in weight]
+    if any(b[0] <= a[0] for a, b in itertools.pairwise(points)) or any(y < 0 for _, y in points):
+        raise ValueError(f"a mixing schedule needs increasing steps and weights >= 0, got {weight!r}")
+    if step <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        if step <= x1:
+            return y0 + (y1 - y0) * (step - x0) / (x1 - x0)
+    return points[-1][1]
+
+
+class MixedStream(IterableDataset):
+    """Batches whose samples are drawn from several :class:`ShardedStream` s by weight, per sample.
+
+    Each sample picks its source with probability ``weight_at(w_source, step) / sum`` from an RNG
+    seeded by ``(seed, epoch, rank, worker)``, so the mix is reproducible and a resumed loader that
+    replays the epoch's first batches (:class:`EpochLoader`) continues the same draws. ``step`` is
+    the optimiser step of the batch being filled: a worker's ``k``-th batch of an epoch is the
+    epoch's batch ``k * num_workers + worker`` (the DataLoader takes batches round-robin). Batches
+    carry ``mix``: samples per source in this batch. The sources should be ``resampled`` and
+    ``repeat`` (a source is read for as long as the mix asks for it), as webdataset's weighted
+    ``RandomMix`` and open_clip's ``--train-data-upsampling-factors`` intend, but per sample.
+
+    Args:
+        streams: source name -> its stream (``batch_size`` unused).
+        weights: source name -> :data:`Weight`.
+        batch_size: samples per batch.
+        steps_per_epoch: optimiser steps per epoch (for the step of a batch).
+        seed: integer seed of the source draws.
+
+    Raises:
+        ValueError: sources and weights name different sources.
+    """
+
+    resampled, split_samples = True, False  # what EpochLoader reads: every worker reads every source
+
+    def __init__(
+        self,
+        streams: Mapping[str, ShardedStream],
+        weights: Mapping[str, Weight],
+        *,
+        batch_size: int,
+        steps_per_epoch: int,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if set(streams) != set(weights):
+            raise ValueError(f"mixing sources {sorted(streams)} but weights for {sorted(weights)}")
+        self.streams, self.weights = dict(streams), dict(weights)
+        self.batch_size, self.steps_per_epoch, self.seed = batch_size, steps_per_epoch, seed
+        self.urls = [u for stream in self.streams.values() for u in stream.urls]
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        for stream in self.streams.values():
+            stream.set_epoch(epoch)
+
     def __iter__(self) -> Iterator[Sample]:
-        rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
+        rank, _, worker, num_workers = wds.utils.pytorch_worker_info()
         skips = SkipCounter()
-        yield from self._batches(self._samples(rank, world_size, worker, num_workers, skips), skips)
+        sources = {name: stream.decoded(skips) for name, stream in self.streams.items()}
+        names = list(sources)
+        rng = random.Random(f"{self.seed}-{self.epoch}-{rank}-{worker}-mix")
+        for k in itertools.count():
+            step = self.epoch * self.steps_per_epoch + k * max(num_workers, 1) + worker
+            weights = [weight_at(self.weights[n], step) for n in names]
+            picks = rng.choices(names, weights=weights, k=self.batch_size)
+            batch = [next(sources[name]) for name in picks]
+            yield {**collate(batch), "num_skipped": skips.take(), "mix": dict(Counter(picks))}
 
 
 class EpochLoader:
@@ -373,7 +466,9 @@ class EpochLoader:
         seed: seeds the worker RNGs together with the epoch.
     """
 
-    def __init__(self, stream: ShardedStream, *, num_batches: int | None, num_workers: int, seed: int = 0):
+    def __init__(
+        self, stream: ShardedStream | MixedStream, *, num_batches: int | None, num_workers: int, seed: int = 0
+    ):
         self.stream = self.dataset = stream  # `dataset`: Lightning's loader inspection expects it
         self.sampler = stream  # Lightning's per-epoch hook calls `loader.sampler.set_epoch(epoch)`
         self.num_batches = num_batches

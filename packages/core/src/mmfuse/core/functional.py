@@ -27,6 +27,8 @@ def shift_labels(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
 def token_logps(logits: Tensor, shifted_labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Log-probability of each target token: ``[b, s, v]`` and ``[b, s]`` -> ``[b, s]`` float32.
 
+    Any leading shape works the same (``[n, v]`` and ``[n]`` -> ``[n]``).
+
     Computed as ``-cross_entropy`` in float32 (one fused log-softmax + gather); positions whose
     target is ``ignore_index`` get exactly 0.
     """

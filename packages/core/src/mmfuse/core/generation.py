@@ -30,6 +30,9 @@ from mmfuse.core.packing import position_ids_from_attention_mask
 #: of the last new token; the step function owns the KV cache.
 StepFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
+#: ``on_token(tokens [b] int64) -> None``: the tokens of one decoding step, as they are chosen.
+TokenFn = Callable[[Tensor], None]
+
 
 @dataclass
 class Generation:
@@ -97,6 +100,8 @@ def decode(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    suppress_token_ids: Sequence[int] = (),
+    on_token: TokenFn | None = None,
 ) -> Generation:
     """Generate up to ``max_new_tokens`` per row, stopping when every row has emitted EOS.
 
@@ -112,6 +117,11 @@ def decode(
         top_k: keep the k most likely tokens when sampling (None: all).
         top_p: nucleus mass when sampling (None: 1).
         generator: the RNG of the sampling (seeded -> reproducible).
+        suppress_token_ids: ids never generated (transformers' ``suppress_tokens``), e.g. media
+            placeholders, which have no media item; like top-k / top-p they only remove candidates, so
+            ``logps`` stay those of the full distribution.
+        on_token: called after every step with that step's tokens ``[b]`` int64 (``pad_token_id`` in
+            rows already finished), for streaming output; see :data:`TokenFn`.
 
     Returns:
         The :class:`Generation`.
@@ -128,11 +138,14 @@ def decode(
     attention_mask = attention_mask.long()
     position_ids = position_ids_from_attention_mask(attention_mask)
     finished = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
+    suppress = torch.tensor(list(suppress_token_ids), dtype=torch.int64, device=input_ids.device)
     ids, masks, logps = [], [], []
     new_ids = input_ids
     for _ in range(max_new_tokens):
         logits = step(new_ids, attention_mask, position_ids).float() / temperature  # [b, v]
         log_probs = logits.log_softmax(-1)
+        if len(suppress):
+            logits = logits.index_fill(-1, suppress, float("-inf"))
         if do_sample:
             probs = filter_logits(logits, top_k, top_p).softmax(-1)
             token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [b]
@@ -142,6 +155,8 @@ def decode(
         ids.append(token.masked_fill(finished, pad_token_id))
         masks.append(live)
         logps.append(log_probs.gather(-1, token[:, None]).squeeze(-1).masked_fill(finished, 0.0))
+        if on_token is not None:
+            on_token(ids[-1])
         finished = finished | torch.isin(token, eos)
         if bool(finished.all()):
             break
@@ -151,4 +166,4 @@ def decode(
     return Generation(torch.stack(ids, 1), torch.stack(masks, 1), torch.stack(logps, 1))
 
 
-__all__ = ["Generation", "StepFn", "decode", "filter_logits", "left_pad"]
+__all__ = ["Generation", "StepFn", "TokenFn", "decode", "filter_logits", "left_pad"]

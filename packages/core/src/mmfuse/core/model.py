@@ -23,11 +23,15 @@ Shape letters: b batch, s tokens, v vocabulary, n media items, g samples per pro
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import peft
+import safetensors.torch
 import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
@@ -38,7 +42,7 @@ from mmfuse.core.checkpoint import load_media_encoder_state
 from mmfuse.core.encoders import EncoderOutput, MediaEncoder
 from mmfuse.core.functional import IGNORE_INDEX, shift_labels, token_logps
 from mmfuse.core.fusion import FusedCausalLM
-from mmfuse.core.generation import Generation, decode
+from mmfuse.core.generation import Generation, TokenFn, decode
 from mmfuse.core.text import load_tokenizer, media_token
 
 #: micro-batch keys passed to the language model as they are.
@@ -72,6 +76,32 @@ def build_language_model(
     if model.get_input_embeddings().num_embeddings < vocab_size:
         model.resize_token_embeddings(vocab_size)
     return model
+
+
+@contextlib.contextmanager
+def logits_only_at(lm: nn.Module, logits_mask: Tensor | None) -> Iterator[None]:
+    """While open, ``lm``'s forward projects only the hidden states at ``logits_mask`` through its head.
+
+    A forward pre-hook on ``lm.get_output_embeddings()`` selects ``hidden_states[logits_mask]`` from
+    its ``[b, s, d]`` input, so the logits come out ``[n, v]`` (``n`` True positions, row-major)
+    instead of ``[b, s, v]``: the head's matmul and the softmax run on the positions a loss reads
+    only. This is transformers' 2-D boolean ``logits_to_keep`` (newest releases only), for any
+    version and any model that projects ``[b, s, d]`` with its output embeddings.
+
+    Args:
+        lm: a Hugging Face causal LM.
+        logits_mask: ``[b, s]`` bool; None leaves the forward unchanged.
+    """
+    if logits_mask is None:
+        yield
+        return
+    handle = lm.get_output_embeddings().register_forward_pre_hook(
+        lambda module, args: (args[0][logits_mask], *args[1:])
+    )
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def expand_items(encoded: EncoderOutput, index: Tensor) -> EncoderOutput:
@@ -222,6 +252,7 @@ class MultimodalLM(nn.Module):
         media: Media | None = None,
         *,
         encoded: Mapping[str, EncoderOutput] | None = None,
+        logits_mask: Tensor | None = None,
         **lm_kwargs: Any,
     ) -> Tensor:
         """Next-token logits ``[b, s, v]`` (the LM's dtype) of ``input_ids`` ``[b, s]`` int64 with media.
@@ -231,6 +262,8 @@ class MultimodalLM(nn.Module):
             media: modality -> transform tensors of its items (module docstring).
             encoded: already encoded media (:meth:`encode_media`), instead of ``media``; lets a caller
                 encode a prompt's media once for several forwards (DPO's chosen and rejected).
+            logits_mask: ``[b, s]`` bool; the logits of these positions only, ``[n, v]`` row-major
+                (:func:`logits_only_at`), e.g. the positions with a target.
             lm_kwargs: passed to the LM: ``attention_mask``, ``position_ids`` and the packed keywords
                 of :data:`LM_KEYS`.
 
@@ -240,7 +273,8 @@ class MultimodalLM(nn.Module):
         if media is not None and encoded is not None:
             raise ValueError("pass media or encoded, not both")
         encoded = self.encode_media(media) if encoded is None else encoded
-        return self.fused(input_ids=input_ids, media=encoded, use_cache=False, **lm_kwargs).logits
+        with logits_only_at(self.lm, logits_mask):
+            return self.fused(input_ids=input_ids, media=encoded, use_cache=False, **lm_kwargs).logits
 
     def token_logps(
         self, input_ids: Tensor, media: Media | None = None, *, temperature: float = 1.0, **kwargs: Any
@@ -277,12 +311,14 @@ class MultimodalLM(nn.Module):
         top_k: int | None = None,
         top_p: float | None = None,
         generator: torch.Generator | None = None,
+        on_token: TokenFn | None = None,
     ) -> Generation:
         """Complete left-padded prompts with the KV cache (:func:`mmfuse.core.generation.decode`).
 
         Each tower runs once over the prompts' media; the ``num_return_sequences`` samples of a prompt
         share that encoding (rows ``g * i .. g * i + g - 1`` are prompt ``i``'s). Position ids follow
-        the attention mask, stopping is at the tokenizer's EOS.
+        the attention mask, stopping is at the tokenizer's EOS; media placeholders are never generated
+        (a completion has no media item for them).
 
         Args:
             input_ids: ``[b, s]`` int64 prompts, left-padded.
@@ -290,7 +326,8 @@ class MultimodalLM(nn.Module):
             media: the prompts' media (module docstring).
             max_new_tokens: generation budget.
             num_return_sequences: samples per prompt ``g``.
-            do_sample, temperature, top_k, top_p, generator: see :func:`~mmfuse.core.generation.decode`.
+            do_sample, temperature, top_k, top_p, generator, on_token: see
+                :func:`~mmfuse.core.generation.decode` (``on_token`` streams each step's tokens).
 
         Returns:
             ``[b * g, t]`` completions, mask and log-probs (:class:`~mmfuse.core.generation.Generation`).
@@ -312,6 +349,8 @@ class MultimodalLM(nn.Module):
                 step, input_ids, attention_mask, max_new_tokens=max_new_tokens,
                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
                 do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                suppress_token_ids=list(self.media_token_ids.values()),
+                on_token=on_token,
             )  # fmt: skip
 
     def _repeat_items(
@@ -360,5 +399,81 @@ class MultimodalLM(nn.Module):
         """The parameters fusion added (adapters and gated cross-attention blocks)."""
         return self.fused.fusion_parameters()
 
+    # -- export: a directory that rebuilds this model (``mmfuse export``, ``mmfuse chat``) ----------------
 
-__all__ = ["LM_KEYS", "MultimodalLM", "build_language_model", "expand_items"]
+    def save_pretrained(self, directory: str | Path, init_args: Mapping[str, Any]) -> None:
+        """Write ``directory`` so that :meth:`from_pretrained` rebuilds this model with equal logits.
+
+        Contents: ``model.safetensors`` (the whole state dict; tied tensors once, safetensors'
+        ``save_model``), ``mmfuse.json`` (``class_path``, ``init_args``, ``dtype``), the tokenizer with its
+        chat template, and ``language_model/`` (:meth:`save_language_model`: the plain LM for
+        ``AutoModelForCausalLM``; :meth:`from_pretrained` builds the LM from it, so a hub name in ``lm``
+        is not needed again). ``init_args`` are saved with ``tokenizer`` and ``lm`` pointing into the
+        directory and no ``tower_checkpoints`` (the weights are in ``model.safetensors``).
+
+        Args:
+            directory: created if missing.
+            init_args: the arguments this model was built with, JSON-serialisable, each tower as a
+                ``{"class_path", "init_args"}`` spec (a run's resolved ``config.yaml`` holds them under
+                ``model.init_args.model.init_args``).
+
+        Raises:
+            ValueError: ``init_args`` name other towers than the model has.
+            TypeError: ``init_args`` that JSON cannot encode.
+        """
+        towers = sorted(init_args.get("towers") or {})
+        if towers != sorted(self.towers):
+            raise ValueError(f"init_args name the towers {towers}, the model has {sorted(self.towers)}")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.save_language_model(directory / LANGUAGE_MODEL_DIR)
+        self.tokenizer.save_pretrained(directory)
+        args = {**init_args, "lm": LANGUAGE_MODEL_DIR, "tokenizer": ".", "tower_checkpoints": None}
+        dtype = str(next(self.parameters()).dtype).removeprefix("torch.")
+        spec = {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": args,
+                "dtype": dtype}  # fmt: skip
+        (directory / CONFIG_FILE).write_text(json.dumps(spec, indent=1))
+        safetensors.torch.save_model(self, str(directory / WEIGHTS_FILE))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> MultimodalLM:
+        """The model :meth:`save_pretrained` wrote to ``directory``, in eval mode, in its saved dtype.
+
+        Raises:
+            FileNotFoundError: ``directory`` has no ``mmfuse.json``.
+            RuntimeError: weights that do not fit the rebuilt model (safetensors' ``load_model``).
+        """
+        directory = Path(directory)
+        if not (directory / CONFIG_FILE).exists():
+            raise FileNotFoundError(f"{directory} has no {CONFIG_FILE} (written by save_pretrained)")
+        spec = json.loads((directory / CONFIG_FILE).read_text())
+        args = dict(spec["init_args"])
+        args["lm"], args["tokenizer"] = str(directory / args["lm"]), str(directory / args["tokenizer"])
+        args["towers"] = {m: instantiate(t) for m, t in (args.get("towers") or {}).items()}
+        model = cls(**args).to(getattr(torch, spec["dtype"]))
+        safetensors.torch.load_model(model, str(directory / WEIGHTS_FILE), strict=True)
+        return model.eval()
+
+
+#: the files of a :meth:`MultimodalLM.save_pretrained` directory.
+CONFIG_FILE, WEIGHTS_FILE, LANGUAGE_MODEL_DIR = "mmfuse.json", "model.safetensors", "language_model"
+
+
+def instantiate(spec: Any) -> Any:
+    """Build ``{"class_path": "pkg.mod.Cls", "init_args": {...}}`` specs (nested too); other values as is.
+
+    The LightningCLI / jsonargparse spelling of an object in a config, without jsonargparse.
+
+    Raises:
+        ImportError, AttributeError: a ``class_path`` that does not import.
+    """
+    if isinstance(spec, Mapping) and "class_path" in spec:
+        module, _, name = spec["class_path"].rpartition(".")
+        kwargs = {k: instantiate(v) for k, v in (spec.get("init_args") or {}).items()}
+        return getattr(importlib.import_module(module), name)(**kwargs)
+    if isinstance(spec, list):
+        return [instantiate(v) for v in spec]
+    return spec
+
+
+__all__ = ["LM_KEYS", "MultimodalLM", "build_language_model", "expand_items", "instantiate", "logits_only_at"]

@@ -22,7 +22,7 @@ class VideoEncoder(MediaEncoder):
     """Frame tower + temporal model behind the ``MediaEncoder`` contract.
 
     Reads ``pixel_values_videos`` ``[b, t, c, h, w]`` and ``frame_mask`` ``[b, t]`` bool (from
-    :class:`~mmfuse.video.transforms.VideoTransform`). Only real frames go through the frame
+    :class:`~mmfuse.video.transform.VideoTransform`). Only real frames go through the frame
     tower (as one batch of ``n`` images); padded frames cost nothing and are masked everywhere.
 
     Per frame the tower gives either one token, its pooled embedding (``tokens="frame"``: the

@@ -1,11 +1,15 @@
-"""Frame samplers: which frame indices of a clip to decode.
+"""Frame samplers: which frames of a clip to decode.
 
-A sampler maps a clip's length (and frame rate) to at most ``num_frames`` frame indices in
-increasing order. A clip with fewer frames than a sampler asks for gives fewer indices; the
-transform pads the rest and marks them in ``frame_mask`` (see :mod:`mmfuse.video.transforms`).
+A sampler maps a clip's frame timestamps (``[n]`` float64 seconds from the first frame, in
+presentation order; :attr:`mmfuse.video.decode.ClipReader.timestamps`) to at most ``num_frames``
+frame indices in increasing order. :class:`UniformSampler` and :class:`SegmentSampler` spread the
+indices over the frames; :class:`FpsSampler` picks frames by presentation time, so a
+variable-frame-rate clip (phone video) is sampled evenly in seconds. A clip with fewer frames
+than a sampler asks for gives fewer indices; the transform pads the rest and marks them in
+``frame_mask`` (see :mod:`mmfuse.video.transform`).
 
-All index arithmetic is integer (or one float product for the frame rate), so the indices for
-a given length are exact and the tests can pin them.
+All index arithmetic is integer (or one float product for a time), so the indices for a given
+clip are exact and the tests can pin them.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import math
 from typing import Protocol
 
 import torch
+from torch import Tensor
 
 
 class FrameSampler(Protocol):
-    """What :class:`~mmfuse.video.transforms.VideoTransform` needs of a sampler.
+    """What :class:`~mmfuse.video.transform.VideoTransform` needs of a sampler.
 
     Attributes:
         num_frames: the most indices a call returns; the transform's ``t``.
@@ -26,9 +31,10 @@ class FrameSampler(Protocol):
     num_frames: int
 
     def __call__(
-        self, num_total: int, average_fps: float, *, train: bool, generator: torch.Generator | None = None
+        self, timestamps: Tensor, *, train: bool, generator: torch.Generator | None = None
     ) -> list[int]:
-        """Indices (increasing, each in ``[0, num_total)``, at most ``num_frames`` of them)."""
+        """Indices (increasing, each in ``[0, n)``, at most ``num_frames``) of a clip whose frame ``i``
+        is shown at ``timestamps[i]`` seconds (``[n]`` float64, increasing, ``timestamps[0] == 0``)."""
         ...
 
 
@@ -57,9 +63,9 @@ class UniformSampler:
         self.num_frames = num_frames
 
     def __call__(
-        self, num_total: int, average_fps: float, *, train: bool, generator: torch.Generator | None = None
+        self, timestamps: Tensor, *, train: bool, generator: torch.Generator | None = None
     ) -> list[int]:
-        t = self.num_frames
+        t, num_total = self.num_frames, len(timestamps)
         if num_total <= t:
             return list(range(num_total))
         if t == 1:
@@ -88,9 +94,9 @@ class SegmentSampler:
         self.num_frames = num_frames
 
     def __call__(
-        self, num_total: int, average_fps: float, *, train: bool, generator: torch.Generator | None = None
+        self, timestamps: Tensor, *, train: bool, generator: torch.Generator | None = None
     ) -> list[int]:
-        t, n = self.num_frames, num_total
+        t, n = self.num_frames, len(timestamps)
         if n <= t:
             return list(range(n))
         if not train:
@@ -102,13 +108,16 @@ class SegmentSampler:
 
 
 class FpsSampler:
-    """Frames at a fixed rate ``fps``, at most ``max_frames`` of them.
+    """Frames at a fixed rate ``fps`` by presentation time, at most ``max_frames`` of them.
 
-    The candidate frames are those shown at times ``j / fps`` seconds, ``j = 0, 1, ...``: index
-    ``floor(j * average_fps / fps)`` while it is below ``n``. When there are more than
-    ``max_frames`` candidates, a window of ``max_frames`` consecutive candidates is kept: a
-    random one in training, the centred one in evaluation (so the rate never changes, the clip is
-    cut instead).
+    The candidate frames are those on screen at times ``j / fps`` seconds, ``j = 0, 1, ...``, up
+    to the last frame's timestamp: for each time, the last frame shown at or before it
+    (``searchsorted(timestamps, j / fps, side="right") - 1``), each frame once (sampling above the
+    clip's rate repeats no frame). So a variable-frame-rate clip is sampled evenly in seconds, and
+    a constant-rate clip at ``r`` fps gives index ``floor(j * r / fps)``. When there are more than
+    ``max_frames`` candidates, a window of ``max_frames`` consecutive candidates is kept: a random
+    one in training, the centred one in evaluation (so the rate never changes, the clip is cut
+    instead).
 
     Args:
         fps: sampling rate in frames per second.
@@ -125,13 +134,15 @@ class FpsSampler:
         self.num_frames = max_frames
 
     def __call__(
-        self, num_total: int, average_fps: float, *, train: bool, generator: torch.Generator | None = None
+        self, timestamps: Tensor, *, train: bool, generator: torch.Generator | None = None
     ) -> list[int]:
-        _check_positive("average_fps", average_fps)
-        step = average_fps / self.fps  # native frames per sampled frame
-        # +1e-9 keeps exact products (e.g. 25 fps -> 5 fps: j * 5.0) from flooring one frame short.
-        candidates = sorted({math.floor(j * step + 1e-9) for j in range(math.ceil(num_total / step))})
-        candidates = [i for i in candidates if i < num_total]
+        duration = float(timestamps[-1])
+        # +1e-9 s: a time that is a frame's timestamp up to float error (j / 5 vs 5 j / 25) picks that frame.
+        times = torch.arange(math.floor(duration * self.fps + 1e-6) + 1, dtype=torch.float64) / self.fps
+        shown = (
+            torch.searchsorted(timestamps.double(), times + 1e-9, side="right") - 1
+        )  # [j], frame on screen
+        candidates = torch.unique_consecutive(shown).tolist()
         extra = len(candidates) - self.num_frames
         if extra <= 0:
             return candidates

@@ -1,6 +1,6 @@
-"""mmfuse.vision: image decoding and transforms (-> ``pixel_values``) and open_clip towers."""
+"""mmfuse.vision: image decoding and transforms (-> ``pixel_values``) and the open_clip image tower."""
 
-from mmfuse.vision.clip import OpenClipTextEncoder, OpenClipVisionEncoder
-from mmfuse.vision.transforms import ImageTransform, decode_image, normalize
+from mmfuse.vision.encoder import OpenClipVisionEncoder
+from mmfuse.vision.transform import ImageTransform, decode_image, normalize
 
-__all__ = ["ImageTransform", "OpenClipTextEncoder", "OpenClipVisionEncoder", "decode_image", "normalize"]
+__all__ = ["ImageTransform", "OpenClipVisionEncoder", "decode_image", "normalize"]

@@ -82,12 +82,15 @@ class GenerationEval(Callback):
         )
         answers = tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
         for prompt, answer in zip(prompts, answers, strict=True):
-            self.record(prompt.kind, prompt.question, prompt.reference, answer)
+            self.record(prompt.kind, prompt.question, prompt.reference, answer, prompt.key)
 
-    def record(self, kind: str, question: str, reference: str, answer: str) -> None:
-        """Count one greedy ``answer`` (surrounding whitespace stripped) against its ``reference``."""
+    def record(self, kind: str, question: str, reference: str, answer: str, key: str = "") -> None:
+        """Count one greedy ``answer`` (surrounding whitespace stripped) against its ``reference``.
+
+        ``key`` names the item (sample key and turn) so that two runs' answers can be paired.
+        """
         answer = answer.strip()
-        self.answers.append({"kind": kind, "question": question, "reference": reference,
+        self.answers.append({"key": key, "kind": kind, "question": question, "reference": reference,
                              "answer": answer, "correct": answer == reference})  # fmt: skip
 
     @property
@@ -124,15 +127,19 @@ class GenerationEval(Callback):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in self.answers))
 
+    def item_outcomes(self) -> dict[str, dict[str, bool]]:
+        """``val/exact_match/<kind or modality>`` -> item key -> correct (for ``mmfuse eval``)."""
+        outcomes: dict[str, dict[str, bool]] = defaultdict(dict)
+        for i, a in enumerate(self.answers):
+            for name in {a["kind"], a["kind"].split("/")[0]}:  # "chat" has no modality prefix
+                outcomes[f"val/exact_match/{name}"][a["key"] or str(i)] = a["correct"]
+        return dict(outcomes)
+
     def metrics(self) -> dict[str, float]:
         """The figures of the module docstring from the current counts."""
         metrics = {"val/perplexity": torch.tensor(self.nll / max(self.tokens, 1)).exp().item()}
-        correct: dict[str, list[bool]] = defaultdict(list)  # kind or modality -> one flag per question
-        for a in self.answers:
-            for name in {a["kind"], a["kind"].split("/")[0]}:  # "chat" has no modality prefix
-                correct[name].append(a["correct"])
-        for name, flags in correct.items():
-            metrics[f"val/exact_match/{name}"] = sum(flags) / len(flags)
+        for name, items in self.item_outcomes().items():
+            metrics[name] = sum(items.values()) / len(items)
         for kind, references in self.references.items():
             metrics[f"val/majority/{kind}"] = references.most_common(1)[0][1] / references.total()
         return metrics

@@ -51,10 +51,17 @@ def _gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def recall_hits(
+    similarity: Tensor, query_captions: list[str], item_captions: list[str], k: int
+) -> list[bool]:
+    """Per query: is an item of its caption among the top-k by ``similarity [q, n]``?"""
+    top = similarity.topk(min(k, similarity.shape[1]), dim=1).indices  # [q, k]
+    return [any(item_captions[j] == query_captions[i] for j in row) for i, row in enumerate(top.tolist())]
+
+
 def recall_at_k(similarity: Tensor, query_captions: list[str], item_captions: list[str], k: int) -> float:
     """Fraction of queries with an item of the same caption among the top-k by ``similarity [q, n]``."""
-    top = similarity.topk(min(k, similarity.shape[1]), dim=1).indices  # [q, k]
-    hits = [any(item_captions[j] == query_captions[i] for j in row) for i, row in enumerate(top.tolist())]
+    hits = recall_hits(similarity, query_captions, item_captions, k)
     return sum(hits) / len(hits)
 
 
@@ -87,7 +94,8 @@ class ZeroShotRetrieval(L.Callback):
     ) -> None:
         self.tasks = tasks or []
         self.recall_at = recall_at
-        self._rows: list[tuple[Tensor, Tensor, str, dict]] = []
+        self._rows: list[tuple[Tensor, Tensor, str, dict, str]] = []
+        self._outcomes: dict[str, dict[str, bool]] = {}
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._rows = []
@@ -98,7 +106,8 @@ class ZeroShotRetrieval(L.Callback):
         if trainer.sanity_checking:
             return
         media, text = outputs["media_embeds"].float().cpu(), outputs["text_embeds"].float().cpu()
-        self._rows.extend(zip(media, text, batch["text"], batch["meta"], strict=True))
+        keys = batch.get("__key__") or [str(len(self._rows) + i) for i in range(len(media))]
+        self._rows.extend(zip(media, text, batch["text"], batch["meta"], keys, strict=True))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -110,33 +119,44 @@ class ZeroShotRetrieval(L.Callback):
         media = torch.stack([r[0] for r in rows])  # [n, e]
         texts = torch.stack([r[1] for r in rows])  # [n, e]
         captions = [r[2] for r in rows]
-        metas = [r[3] for r in rows]
-        metrics: dict[str, float] = {}
+        metas, keys = [r[3] for r in rows], [r[4] for r in rows]
         similarity = media @ texts.T  # [n, n]
+        outcomes: dict[str, dict[str, bool]] = {}
+        metrics: dict[str, float] = {}
         for k in self.recall_at:
-            metrics[f"val/i2t_r{k}"] = recall_at_k(similarity, captions, captions, k)
-            metrics[f"val/t2i_r{k}"] = recall_at_k(similarity.T, captions, captions, k)
+            outcomes[f"val/i2t_r{k}"] = dict(
+                zip(keys, recall_hits(similarity, captions, captions, k), strict=True)
+            )
+            outcomes[f"val/t2i_r{k}"] = dict(
+                zip(keys, recall_hits(similarity.T, captions, captions, k), strict=True)
+            )
             metrics[f"val/i2t_r{k}_chance"] = chance_recall_at_k(captions, captions, k)
         for task in self.tasks:
-            top1 = self._zeroshot(task, media, metas, trainer, pl_module)
-            if top1 is not None:
-                metrics[f"val/{task.name}_top1"] = top1
+            correct = self._zeroshot(task, media, metas, trainer, pl_module)
+            if correct:
+                outcomes[f"val/{task.name}_top1"] = {keys[i]: hit for i, hit in correct.items()}
+        self._outcomes = outcomes
+        metrics.update({name: sum(items.values()) / len(items) for name, items in outcomes.items()})
         pl_module.log_dict(metrics, sync_dist=False, rank_zero_only=False)
+
+    def item_outcomes(self) -> dict[str, dict[str, bool]]:
+        """Metric -> sample key -> hit, of the latest validation (for ``mmfuse eval``)."""
+        return self._outcomes
 
     @torch.no_grad()
     def _zeroshot(
         self, task: ZeroShotTask, media: Tensor, metas: list[dict], trainer, pl_module
-    ) -> float | None:
+    ) -> dict[int, bool]:
         keep = [i for i, m in enumerate(metas) if all(m.get(k) == v for k, v in task.where.items())]
         if not keep:
-            return None
+            return {}
         classes = sorted({metas[i][task.class_field] for i in keep})
         other_fields = {f for t in task.templates for _, f, _, _ in string.Formatter().parse(t) if f} - {
             task.class_field
         }
         tokenizer = trainer.datamodule.tokenizer
         cache: dict[tuple, Tensor] = {}
-        correct = 0
+        correct = {}
         for i in keep:
             context = tuple((f, metas[i][f]) for f in sorted(other_fields))
             if context not in cache:
@@ -150,5 +170,5 @@ class ZeroShotRetrieval(L.Callback):
                 embeds = embeds.view(len(classes), len(task.templates), -1).mean(1)  # [c, t, e] -> [c, e]
                 cache[context] = F.normalize(embeds, dim=-1)
             predicted = classes[int((cache[context] @ media[i]).argmax())]
-            correct += predicted == metas[i][task.class_field]
-        return correct / len(keep)
+            correct[i] = predicted == metas[i][task.class_field]
+        return correct

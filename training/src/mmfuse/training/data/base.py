@@ -7,16 +7,51 @@ stages) reads webdataset tars or JSONL files through :class:`~mmfuse.core.data.S
 (:attr:`ShardedDataModule.step_size`). So shard expansion, sample counting, the epoch length, the
 too-few-samples / too-few-shards errors, resampling and the dataloader-worker cap behave the same in
 every stage.
+
+Several training sources mix by weight: ``train_shards`` as a list of :class:`ShardSource`
+(``{shards, weight, name}``), each weight a constant or a piecewise-linear schedule over the optimiser
+step (a curriculum). Samples are drawn per sample by weight (:class:`~mmfuse.core.data.MixedStream`),
+the observed share of each source is logged as ``data/mix/<name>`` (:func:`log_data`), and a resumed
+run replays the same draws.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 
-from mmfuse.core.data import EpochLoader, ShardedStream, count_samples, expand_urls
+from mmfuse.core.data import EpochLoader, MixedStream, ShardedStream, Weight, count_samples, expand_urls
+
+
+@dataclass
+class ShardSource:
+    """One training source of a mix.
+
+    Attributes:
+        shards: brace-notation shard URLs, ``::``-joined.
+        weight: relative sampling weight, or a piecewise-linear schedule ``[[step, weight], ...]`` over
+            the optimiser step (constant outside it), e.g. ``[[0, 1.0], [1000, 0.2]]``.
+        name: the source's name in ``data/mix/<name>``; its position (``source0``...) when None.
+    """
+
+    shards: str
+    weight: Weight = 1.0
+    name: str | None = None
+
+
+def log_data(module: L.LightningModule, batch: dict[str, Any]) -> None:
+    """Log ``data/skipped`` (corrupt samples skipped before this batch, summed over the epoch and the
+    ranks: one meaning in every stage) and, for a mix, ``data/mix/<source>`` (the share of this batch's
+    samples, averaged over the epoch)."""
+    skipped = float(batch.get("num_skipped", 0))
+    module.log("data/skipped", skipped, on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True)
+    mix = batch.get("mix")
+    if mix:
+        total = sum(mix.values())
+        module.log_dict({f"data/mix/{name}": count / total for name, count in mix.items()}, on_epoch=True)
 
 
 class ShardedDataModule(L.LightningDataModule):
@@ -29,7 +64,7 @@ class ShardedDataModule(L.LightningDataModule):
 
     Args:
         train_shards: brace-notation shard URLs (local paths or ``pipe:`` commands), ``::``-joined:
-            webdataset tars or JSONL files.
+            webdataset tars or JSONL files; or a list of :class:`ShardSource` to mix by weight.
         val_shards: the same for validation; None disables validation.
         batch_size: samples per training batch on each rank.
         val_batch_size: samples per validation batch (None: ``batch_size``).
@@ -42,7 +77,7 @@ class ShardedDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        train_shards: str,
+        train_shards: str | list[ShardSource],
         val_shards: str | None = None,
         batch_size: int = 32,
         val_batch_size: int | None = None,
@@ -64,7 +99,7 @@ class ShardedDataModule(L.LightningDataModule):
         return self.batch_size
 
     def decoder(self) -> Callable[..., dict[str, Any]]:
-        """``decode(sample, train=...) -> dict``; an exception skips and counts the sample."""
+        """``decode(sample, train=...) -> dict``; an exception skips and counts a sample, None filters it."""
         raise NotImplementedError
 
     def _world_size(self) -> int:
@@ -77,9 +112,10 @@ class ShardedDataModule(L.LightningDataModule):
             ValueError: fewer samples than one step needs, or (without ``resampled``) fewer shards
                 than ranks.
         """
-        urls = expand_urls(self.train_shards)
+        sources = self._sources()
         world_size = self._world_size()
-        if not self.resampled and len(urls) < world_size:
+        urls = [u for shards in sources.values() for u in shards]
+        if not self.resampled and len(sources) == 1 and len(urls) < world_size:
             raise ValueError(
                 f"data.train_shards has {len(urls)} shards for {world_size} ranks: every rank needs one."
                 " Split the data into more shards or set data.resampled=true."
@@ -91,11 +127,37 @@ class ShardedDataModule(L.LightningDataModule):
                 f"{num_samples} training samples in {self.train_shards!r}, fewer than one step needs:"
                 f" world_size {world_size} x {self.step_size} samples per step; lower data.batch_size"
             )
-        stream = ShardedStream(
-            urls, self.decoder(), batch_size=self.step_size, train=True, seed=self.seed,
-            shuffle_buffer=self.shuffle_buffer, resampled=self.resampled, repeat=True,
-        )  # fmt: skip
+        streams = {
+            name: ShardedStream(
+                shards,
+                self.decoder(),
+                batch_size=self.step_size,
+                train=True,
+                seed=self.seed,
+                shuffle_buffer=self.shuffle_buffer,
+                resampled=self.resampled or len(sources) > 1,
+                repeat=True,
+            )  # fmt: skip
+            for name, shards in sources.items()
+        }
+        stream = next(iter(streams.values()))
+        if len(streams) > 1:
+            weights = {self._name(i, s): s.weight for i, s in enumerate(self.train_shards)}
+            stream = MixedStream(streams, weights, batch_size=self.step_size, steps_per_epoch=num_batches,
+                                 seed=self.seed)  # fmt: skip
         return EpochLoader(stream, num_batches=num_batches, num_workers=self.num_workers, seed=self.seed)
+
+    @staticmethod
+    def _name(index: int, source: ShardSource) -> str:
+        return source.name or f"source{index}"
+
+    def _sources(self) -> dict[str, list[str]]:
+        """Source name -> its expanded shard URLs (one unnamed source for a plain string)."""
+        if isinstance(self.train_shards, str):
+            return {"train": expand_urls(self.train_shards)}
+        sources = [ShardSource(**s) if isinstance(s, dict) else s for s in self.train_shards]
+        self.train_shards = sources
+        return {self._name(i, s): expand_urls(s.shards) for i, s in enumerate(sources)}
 
     def val_dataloader(self) -> EpochLoader | list:
         """Every validation sample once; an empty list without ``val_shards``."""
@@ -112,4 +174,4 @@ class ShardedDataModule(L.LightningDataModule):
         return EpochLoader(stream, num_batches=None, num_workers=self.num_workers)
 
 
-__all__ = ["ShardedDataModule"]
+__all__ = ["ShardSource", "ShardedDataModule", "log_data"]

@@ -106,6 +106,7 @@ class AnswerPrompt:
         kind: the turn's question kind (``"chat"`` when the conversation names none).
         reference: the turn's text, stripped.
         question: the text of the user turn before it, stripped.
+        key: the conversation's key and the turn, ``"<key>#<turn>"``.
     """
 
     input_ids: Tensor
@@ -113,6 +114,7 @@ class AnswerPrompt:
     kind: str
     reference: str
     question: str
+    key: str = ""
 
 
 def answer_prompts(example: ChatExample, tokenizer: Any) -> list[AnswerPrompt]:
@@ -124,7 +126,8 @@ def answer_prompts(example: ChatExample, tokenizer: Any) -> list[AnswerPrompt]:
         ids = tokenize_chat(tokenizer, before, add_generation_prompt=True).input_ids
         reference = content_text(example.messages[turn]["content"]).strip()
         media = example.media[: len(media_order(before))]
-        prompts.append(AnswerPrompt(ids, media, kind, reference, content_text(before[-1]["content"]).strip()))
+        question = content_text(before[-1]["content"]).strip()
+        prompts.append(AnswerPrompt(ids, media, kind, reference, question, f"{example.key}#{turn}"))
     return prompts
 
 
@@ -237,13 +240,12 @@ class ChatDataModule(ShardedDataModule):
         transforms: modality -> media transform, one per modality of the data (its media parts'
             ``type``), e.g. ``{"image": ImageTransform(...), "audio": AudioTransform(...)}``.
         max_length: tokens per conversation and per packed row.
-        batch_size: conversations per micro-batch.
         accumulate: micro-batches per optimizer step.
         packing: best-fit-decreasing packed rows; False pads one row per conversation.
-        val_batch_size: conversations per validation batch.
         tokenizer: a loaded tokenizer; None takes the model's at ``setup``.
-        num_workers, shuffle_buffer, num_samples, resampled, seed: see
-            :class:`~mmfuse.training.data.base.ShardedDataModule`.
+        kwargs: :class:`~mmfuse.training.data.base.ShardedDataModule`'s ``batch_size`` (conversations
+            per micro-batch), ``val_batch_size`` (per validation batch), ``num_workers``,
+            ``shuffle_buffer``, ``num_samples``, ``resampled``, ``seed``.
     """
 
     def __init__(
@@ -252,22 +254,12 @@ class ChatDataModule(ShardedDataModule):
         val_shards: str | None = None,
         transforms: dict[str, MediaTransform] | None = None,
         max_length: int = 256,
-        batch_size: int = 32,
         accumulate: int = 1,
         packing: bool = True,
-        val_batch_size: int = 64,
         tokenizer: Any = None,
-        num_workers: int = 2,
-        shuffle_buffer: int = 1000,
-        num_samples: int | None = None,
-        resampled: bool = False,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            train_shards, val_shards, batch_size=batch_size, val_batch_size=val_batch_size,
-            num_workers=num_workers, shuffle_buffer=shuffle_buffer, num_samples=num_samples,
-            resampled=resampled, seed=seed,
-        )  # fmt: skip
+        super().__init__(train_shards, val_shards, **kwargs)
         self.transforms = dict(transforms or {})
         self.tokenizer = tokenizer
         self.max_length, self.packing, self.accumulate = max_length, packing, accumulate
@@ -303,7 +295,8 @@ class ChatDataModule(ShardedDataModule):
         examples: list[ChatExample] = batch["chat"]
         size = self.batch_size if self.trainer is None or self.trainer.training else len(examples)
         micro_batches = [self.micro_batch(examples[i : i + size]) for i in range(0, len(examples), size)]
-        return {"micro_batches": micro_batches, "examples": examples, "num_skipped": batch["num_skipped"]}
+        return {"micro_batches": micro_batches, "examples": examples, "num_skipped": batch["num_skipped"],
+                "mix": batch.get("mix")}  # fmt: skip
 
 
 __all__ = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import open_clip
 
 from mmfuse.core.data import MediaTextDecoder, MediaTransform
@@ -23,8 +25,8 @@ class MediaTextDataModule(ShardedDataModule):
         media: the media transform (``mmfuse.vision.ImageTransform``, ``mmfuse.audio.AudioTransform``...).
         tokenizer: open_clip tokenizer name (``open_clip.get_tokenizer``).
         context_length: tokens per caption (must equal the text tower's ``context_length``).
-        batch_size, num_workers, shuffle_buffer, num_samples, resampled, seed: see
-            :class:`~mmfuse.training.data.base.ShardedDataModule`.
+        kwargs: :class:`~mmfuse.training.data.base.ShardedDataModule`'s ``batch_size``, ``num_workers``,
+            ``shuffle_buffer``, ``num_samples``, ``resampled``, ``seed``.
     """
 
     def __init__(
@@ -34,17 +36,9 @@ class MediaTextDataModule(ShardedDataModule):
         media: MediaTransform,
         tokenizer: str = "ViT-B-32",
         context_length: int = 77,
-        batch_size: int = 64,
-        num_workers: int = 2,
-        shuffle_buffer: int = 1000,
-        num_samples: int | None = None,
-        resampled: bool = False,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            train_shards, val_shards, batch_size=batch_size, num_workers=num_workers,
-            shuffle_buffer=shuffle_buffer, num_samples=num_samples, resampled=resampled, seed=seed,
-        )  # fmt: skip
+        super().__init__(train_shards, val_shards, **kwargs)
         self.media = media
         self.tokenizer = open_clip.get_tokenizer(tokenizer, context_length=context_length)
 

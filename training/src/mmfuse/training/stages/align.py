@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from mmfuse.core.encoders import MediaEncoder
 from mmfuse.core.losses import clip_loss, siglip_loss
+from mmfuse.training.data.base import log_data
 from mmfuse.training.optim import adamw_param_groups, warmup_cosine
 
 Batch = dict[str, Any]
@@ -113,8 +114,7 @@ class ContrastiveAlignment(L.LightningModule):
         loss = self._loss(self.embed_media(batch), self.embed_text(batch), batch)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/logit_scale", self.logit_scale.exp())
-        self.log("data/skipped", float(batch.get("num_skipped", 0)), on_step=False, on_epoch=True,
-                 reduce_fx="sum", sync_dist=True)  # fmt: skip
+        log_data(self, batch)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:

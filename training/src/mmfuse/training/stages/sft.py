@@ -35,9 +35,10 @@ class InstructionTuning(LMStage):
     def nll(self, micro_batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """Summed negative log-likelihood (float32 scalar) of a micro-batch's targets, and their count."""
         lm_kwargs = {k: micro_batch[k] for k in LM_KEYS if k in micro_batch}
-        logits = self.model(micro_batch["input_ids"], micro_batch["media"], **lm_kwargs)
         labels = micro_batch["shift_labels"]
-        return -token_logps(logits, labels).sum(), (labels != IGNORE_INDEX).sum()
+        targets = labels != IGNORE_INDEX  # the head scores these positions only: [n, v] logits
+        logits = self.model(micro_batch["input_ids"], micro_batch["media"], logits_mask=targets, **lm_kwargs)
+        return -token_logps(logits, labels[targets]).sum(), targets.sum()
 
     def micro_batch_loss(self, micro_batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         return self.nll(micro_batch)[0], {}

@@ -2,7 +2,8 @@ import open_clip
 import pytest
 import torch
 
-from mmfuse.vision import OpenClipTextEncoder, OpenClipVisionEncoder
+from mmfuse.core.text import OpenClipTextEncoder
+from mmfuse.vision import OpenClipVisionEncoder
 
 EMBED = 32
 VISION = {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16}

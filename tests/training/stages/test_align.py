@@ -4,12 +4,13 @@ from pathlib import Path
 
 import torch
 
+from mmfuse.core.text import OpenClipTextEncoder
 from mmfuse.training.cli import cli_main
 from mmfuse.training.optim import adamw_param_groups, warmup_cosine
 from mmfuse.training.stages.align import ContrastiveAlignment, positive_group_ids
-from mmfuse.vision import OpenClipTextEncoder, OpenClipVisionEncoder
+from mmfuse.vision import OpenClipVisionEncoder
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 
 
 def _tiny_stage(**kwargs) -> ContrastiveAlignment:

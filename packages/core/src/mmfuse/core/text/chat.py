@@ -215,6 +215,7 @@ __all__ = [
     "content_text",
     "load_tokenizer",
     "media_order",
+    "media_parts",
     "media_token",
     "render_chat",
     "tokenize_chat",

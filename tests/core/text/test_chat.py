@@ -46,7 +46,7 @@ CONVERSATION = [
 ]
 
 
-TOKENIZER_DIR = str(Path(__file__).resolve().parents[2] / "data" / "tokenizer")
+TOKENIZER_DIR = str(Path(__file__).resolve().parents[3] / "data" / "tokenizer")
 
 
 def _tokenizer(tmp_path, chat_template=DEFAULT_CHAT_TEMPLATE, pad_token="<|pad|>"):

@@ -12,7 +12,7 @@ from mmfuse.core.text import load_tokenizer
 from mmfuse.training.data.chat import ChatDecoder
 from mmfuse.vision import ImageTransform
 
-TOKENIZER = str(Path(__file__).resolve().parents[2] / "data" / "tokenizer")
+TOKENIZER = str(Path(__file__).resolve().parents[3] / "data" / "tokenizer")
 
 
 def _record(color: str, part: dict) -> dict:
