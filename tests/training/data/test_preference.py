@@ -1,6 +1,8 @@
 """Preference data: completion masks, the pair layout, the last real token, JSONL = tar, bad records."""
 
 import json
+import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,3 +126,23 @@ def test_the_sample_fingerprint_follows_ids_and_media_tensors(tokenizer, tmp_pat
     assert [e.fingerprint for e in once] == [e.fingerprint for e in again]
     assert len({e.fingerprint for e in once}) == 4
     assert not {e.fingerprint for e in once} & {e.fingerprint for e in smaller}
+
+
+def test_the_embedded_set_takes_held_out_pairs_from_held_out_questions_only():
+    data = Path(__file__).resolve().parents[3] / "data"
+
+    def keys(directory: str, split: str) -> dict[str, dict]:
+        out = {}
+        for path in sorted((data / directory).glob(f"{split}-*.tar.gz")):
+            with tarfile.open(path) as tar:
+                out.update({m.name.split(".")[0]: json.load(tar.extractfile(m))
+                            for m in tar.getmembers() if m.name.endswith(".json")})  # fmt: skip
+        return out
+
+    for split in ("train", "val"):
+        pairs, questions = keys("preferences", split), keys("instructions", split)
+        assert pairs and set(pairs) <= set(questions)
+        for key, pair in pairs.items():
+            assert pair["prompt"] == questions[key]["messages"][:1]
+            assert pair["chosen"] == questions[key]["messages"][1:] != pair["rejected"]
+            assert pair["kind"] == questions[key]["kinds"][0]

@@ -210,3 +210,17 @@ def test_a_cached_reference_fit_resumes_exactly(tmp_path):
     resumed_state = torch.load(halves / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     for name, value in full_state.items():
         torch.testing.assert_close(resumed_state[name], value, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_a_few_steps_raise_the_chosen_answers_over_the_rejected_ones(colour_url):
+    stage = DirectPreferenceOptimization(tiny_model(dtype=torch.float32), beta=0.5)
+    batch = _batch(stage, colour_url)
+    optimizer = torch.optim.Adam([p for p in stage.parameters() if p.requires_grad], lr=5e-3)
+    for _ in range(4):
+        optimizer.zero_grad()
+        loss, _ = stage.micro_batch_loss(batch)
+        (loss / 5).backward()
+        optimizer.step()
+    with torch.no_grad():
+        out, _ = stage.pair_outputs(batch, "train")
+    assert out.losses.mean() < 0.5 * math.log(2) and (out.chosen_rewards > out.rejected_rewards).all()

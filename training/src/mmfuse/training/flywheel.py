@@ -73,10 +73,13 @@ def _member(
 ) -> tuple[str, bytes]:
     """``({modality}_{index}.{ext}, bytes)`` of a prompt's media part, wherever the shard keeps it."""
     modality = part["type"]
-    names = [k for k in sample if k.startswith(f"{modality}_{index}.")]
-    path = part.get("path", part.get(modality)) or (record.get(f"{modality}s") or [None] * (index + 1))[index]
-    ext = names[0].partition(".")[2] if names else Path(str(path)).suffix.lstrip(".")
-    return f"{modality}_{index}.{ext}", media_bytes(sample, part, index, record)
+    data = media_bytes(sample, part, index, record)  # raises when the part has no bytes anywhere
+    member = next((k for k in sample if k.startswith(f"{modality}_{index}.")), None)
+    if member is not None:
+        ext = member.partition(".")[2]
+    else:
+        ext = Path(part.get("path", part.get(modality)) or record[f"{modality}s"][index]).suffix.lstrip(".")
+    return f"{modality}_{index}.{ext}", data
 
 
 def read_prompts(
