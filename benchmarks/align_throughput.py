@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import statistics
 import time
 
@@ -70,7 +71,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     cfg = yaml.safe_load(open(CONFIG))["model"]["init_args"]
-    vision = cfg["media_encoder"]["init_args"]
+    tower = cfg["media_encoder"]  # a path relative to the config (configs/towers/*.yaml) or inline
+    if isinstance(tower, str):
+        tower = yaml.safe_load(open(os.path.join(os.path.dirname(CONFIG), tower)))
+    vision = tower["init_args"]
     text = cfg["text_encoder"]["init_args"]
     embed_dim = vision["embed_dim"]
     batches = load_batches(
