@@ -91,6 +91,26 @@ def test_packed_backends_match_eager(backend, case):
     _assert_matches_eager(backend, q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, causal=causal)
 
 
+@pytest.mark.parametrize(
+    ("lengths", "calls"),
+    [([30] * 10 + [5] * 10 + [100], 2), ([40, 100, 200], 3)],  # 2 buckets; 3 buckets for 3 segments
+)
+def test_causal_sdpa_varlen_runs_one_call_per_length_bucket_when_that_halves_the_calls(
+    monkeypatch, lengths, calls
+):
+    q, k, v = _qkv((sum(lengths), 4, 8), (sum(lengths), 2, 8))
+    cu = cu_seqlens_from_lengths(torch.tensor(lengths))
+    expected = attention(q, k, v, cu_seqlens_q=cu, causal=True, backend="eager")
+    sdpa, seen = torch.nn.functional.scaled_dot_product_attention, []
+    monkeypatch.setattr(
+        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **kw: seen.append(1) or sdpa(*a, **kw)
+    )
+    torch.testing.assert_close(
+        attention(q, k, v, cu_seqlens_q=cu, causal=True, backend="sdpa_varlen"), expected
+    )
+    assert len(seen) == calls
+
+
 def test_sdpa_varlen_rejects_cu_seqlens_that_do_not_cover_the_tokens():
     q, k, v = _qkv((6, 2, 8), (6, 2, 8))
     for causal in (True, False):

@@ -27,8 +27,9 @@ Backends (``backend=``):
   hd % 8 == 0, no dropout, no ``attn_mask``.
 * ``flex``: FlexAttention with a segment / causal block mask, both layouts; compiled on CUDA; on CPU
   forward only (no backward in torch 2.11); no ``attn_mask``, no dropout.
-* ``sdpa_varlen``: packed only, any device; a host loop over ``cu_seqlens``: causal self-attention runs one
-  SDPA call per bucket of similar-length segments (right-padded), anything else one call per segment.
+* ``sdpa_varlen``: packed only, any device; a host loop over ``cu_seqlens``: one SDPA call per segment, or
+  for causal self-attention one per bucket of similar-length segments, right-padded, when that at least
+  halves the calls (``SDPA_VARLEN_BUCKET_TOKENS``).
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``, both layouts, any device; packed input
   becomes one block-diagonal ``[total_q, total_k]`` mask.
 * ``eager``: the plain math reference, both layouts, any device; materialises every score.
@@ -257,42 +258,65 @@ def _sdpa_varlen_unsupported(call: _Call) -> str | None:
 
 
 #: sdpa_varlen runs causal self-attention segments whose lengths round up to the same multiple of this many
-#: tokens as one SDPA call, right-padded to the longest of them. On this CPU (39 segments of 3..107 tokens,
-#: 4 heads x 32, forward + backward, best of 40, 1 thread) one call per segment took 10.2 ms, buckets of
-#: 16 tokens 6.5 ms, of 32 tokens 4.6 ms, one bucket padded to 107 tokens 33 ms.
+#: tokens as one SDPA call, right-padded to the longest of them, when that at least halves the calls.
+#: On this machine (forward + backward, best of 40): 39 segments of 3..107 tokens (8 packed rows of the
+#: SFT benchmark, 4 heads x 32) took 7.8 ms of CPU time in one call per segment, 5.4 ms in buckets of 32
+#: tokens (6.6 ms of 16, 7.3 ms of 64), 21 ms in one bucket padded to 107 tokens (1 thread); with 2
+#: threads on the loaded shared machine, 72 vs 34 ms wall time (medians 289 vs 182 ms). 16 segments of
+#: 16..1024 tokens (8 heads x 64) fall into 15 buckets and keep one call per segment (0.43 s).
 SDPA_VARLEN_BUCKET_TOKENS = 32
 
 
-def _sdpa_varlen_buckets(call: _Call, lengths: list[int]) -> Tensor:
-    """Causal self-attention (equal query and key segments), one SDPA call per length bucket.
-
-    A bucket's segments are gathered into ``[m, h, s_b, hd]``, each right-padded to the bucket's longest:
-    a real query sees only keys at or before it, never the padding after its segment, so ``is_causal``
-    alone computes every segment exactly; the padded query rows are dropped (their gradient is zero).
-    """
+def _length_buckets(lengths: list[int]) -> list[list[int]]:
+    """The non-empty segments grouped by ``ceil(length / SDPA_VARLEN_BUCKET_TOKENS)``, in order."""
     buckets: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
         if n:
             buckets.setdefault(-(-n // SDPA_VARLEN_BUCKET_TOKENS), []).append(i)
-    starts = call.cu_seqlens_q[:-1].long()  # type: ignore[index]
-    outs, order = [], []
-    for segments in buckets.values():
-        n = torch.tensor([lengths[i] for i in segments], device=call.q.device)
-        slots = torch.arange(max(lengths[i] for i in segments), device=call.q.device)
-        real = slots < n[:, None]  # [m, s_b]
-        index = torch.where(real, starts[segments][:, None] + slots, 0)  # [m, s_b] packed token of each slot
-        q, k, v = (
-            t[index].transpose(1, 2) for t in (call.q, call.k, call.v)
-        )  # [m, s_b, h, hd] -> [m, h, s_b, hd]
-        out = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=call.dropout_p, is_causal=True, scale=call.scale, enable_gqa=call.gqa
-        )
-        outs.append(out.transpose(1, 2)[real])  # [m, h, s_b, hd] -> [tokens_b, h, hd]
-        order.append(index[real])
-    if not outs:
-        return call.q.new_zeros(*call.q.shape[:-1], call.v.shape[-1])
-    out = torch.cat(outs)
-    return torch.empty_like(out).index_copy(0, torch.cat(order), out)  # back to the packed order
+    return list(buckets.values())
+
+
+def _sdpa_varlen_buckets(call: _Call, lengths: list[int], buckets: list[list[int]]) -> Tensor:
+    """Causal self-attention (equal query and key segments), one SDPA call per length bucket.
+
+    The segments of a bucket are gathered into ``[m, h, s_b, hd]``, each right-padded to the bucket's
+    longest: a real query sees only keys at or before it, never the padding after its segment, so
+    ``is_causal`` alone computes every segment exactly; the padded query rows are dropped (their
+    gradient is zero). A segment alone in its bucket is a view, as in the per-segment loop, and one
+    gather serves every shared bucket, so the backward scatters into ``q``, ``k``, ``v`` once.
+    """
+    shared = [b for b in buckets if len(b) > 1]
+    views = [t.split(lengths) for t in (call.q, call.k, call.v)]  # split: one concatenation in backward
+    outs: list[Tensor | None] = [None] * len(lengths)  # each segment's output [s_i, h, hd_v]
+    for segments in buckets:
+        if len(segments) == 1:
+            q, k, v = (parts[segments[0]].transpose(0, 1).unsqueeze(0) for parts in views)  # [1, h, s_i, hd]
+            outs[segments[0]] = _causal_sdpa(call, q, k, v)[0]
+    if shared:
+        starts = call.cu_seqlens_q[:-1].long()  # type: ignore[index]
+        reals, slot_index = [], []
+        for segments in shared:
+            n = torch.tensor([lengths[i] for i in segments], device=call.q.device)
+            slots = torch.arange(max(lengths[i] for i in segments), device=call.q.device)
+            reals.append(slots < n[:, None])  # [m, s_b]
+            slot_index.append(torch.where(reals[-1], starts[segments][:, None] + slots, 0).flatten())
+        sizes = [real.numel() for real in reals]
+        gathered = [t[torch.cat(slot_index)].split(sizes) for t in (call.q, call.k, call.v)]
+        for segments, real, *qkv in zip(shared, reals, *gathered, strict=True):
+            q, k, v = (t.view(*real.shape, *t.shape[1:]).transpose(1, 2) for t in qkv)  # [m, h, s_b, hd]
+            rows = _causal_sdpa(call, q, k, v)[real]  # [tokens_b, h, hd]: segment after segment
+            for i, out in zip(segments, rows.split([lengths[i] for i in segments]), strict=True):
+                outs[i] = out
+    present = [out for out in outs if out is not None]
+    return torch.cat(present) if present else call.q.new_zeros(*call.q.shape[:-1], call.v.shape[-1])
+
+
+def _causal_sdpa(call: _Call, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """SDPA with ``is_causal`` on ``[m, h, s, hd]``, returned as ``[m, s, h, hd_v]``."""
+    out = F.scaled_dot_product_attention(
+        q, k, v, dropout_p=call.dropout_p, is_causal=True, scale=call.scale, enable_gqa=call.gqa
+    )
+    return out.transpose(1, 2)
 
 
 def _sdpa_varlen(call: _Call) -> Tensor:
@@ -304,7 +328,9 @@ def _sdpa_varlen(call: _Call) -> Tensor:
             f"{call.q.shape[0]} and k {call.k.shape[0]}"
         )
     if call.causal and lengths_q == lengths_k:
-        return _sdpa_varlen_buckets(call, lengths_q)
+        buckets = _length_buckets(lengths_q)
+        if 2 * len(buckets) <= sum(map(len, buckets)):  # bucketing at least halves the SDPA calls
+            return _sdpa_varlen_buckets(call, lengths_q, buckets)
     # split (not slicing): its backward concatenates the segment gradients once
     parts = zip(call.q.split(lengths_q), call.k.split(lengths_k), call.v.split(lengths_k), strict=True)
     outs = []
