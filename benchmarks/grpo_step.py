@@ -7,9 +7,9 @@ Both sides train the same tiny text-only Llama (random init, same seed, no fusio
 prompts (the embedded instruction set's text questions, rendered with the same chat template: the
 token ids are checked equal), with the same group size, token budget, sampling (temperature 1, no
 top-k / top-p), reward (:class:`~mmfuse.training.rewards.ExactMatch`, run by TRL through its
-reward-function signature), loss (``"dapo"``, ``beta`` 0, one iteration), optimiser (AdamW, not
-fused, constant learning rate, clipping at 1) and precision (fp32, no gradient checkpointing: TRL 1.16
-defaults to bf16 and checkpointing; its effective settings are printed). One step = sampling
+reward-function signature), loss (``"dapo"``, ``beta`` 0, one iteration), optimiser (fused AdamW, both
+sides' default, constant learning rate, clipping at 1) and precision (fp32, no gradient checkpointing:
+TRL 1.16 defaults to bf16 and checkpointing; its effective settings are printed). One step = sampling
 ``prompts x group_size`` completions, scoring, one optimiser step. Ours is the GRPO stage's
 ``training_step`` under a Lightning ``Trainer``; TRL's is ``GRPOTrainer``'s step. Runs alternate
 (ours, TRL, TRL, ours, ...), each on a fresh model; a run's first step is warm-up, not timed. Printed:
@@ -143,7 +143,7 @@ def trl(pairs: list[tuple[str, str]], args: argparse.Namespace, report: Callable
         per_device_train_batch_size=args.prompts * args.group_size, num_generations=args.group_size,
         max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, beta=0.0,
         loss_type="dapo", num_iterations=1, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
-        weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", bf16=False, gradient_checkpointing=False,
+        weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch_fused", bf16=False, gradient_checkpointing=False,
         use_cpu=True, disable_dropout=True, shuffle_dataset=False, dataloader_num_workers=0,
         logging_strategy="no", save_strategy="no", report_to=[], seed=0,
     )  # fmt: skip
