@@ -144,8 +144,8 @@ def trl(pairs: list[tuple[str, str]], args: argparse.Namespace, report: Callable
         max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, beta=0.0,
         loss_type="dapo", num_iterations=1, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch_fused", bf16=False,
-        gradient_checkpointing=False, use_cpu=True, disable_dropout=True, shuffle_dataset=False, dataloader_num_workers=0,
-        logging_strategy="no", save_strategy="no", report_to=[], seed=0,
+        gradient_checkpointing=False, use_cpu=True, disable_dropout=True, shuffle_dataset=False,
+        dataloader_num_workers=0, logging_strategy="no", save_strategy="no", report_to=[], seed=0,
     )  # fmt: skip
     steps, generating = [], []
     generation = Timer(model, "generate")
