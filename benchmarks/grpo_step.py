@@ -5,14 +5,14 @@ Run: ``OMP_NUM_THREADS=1 uv run --group bench python benchmarks/grpo_step.py [--
 two threads ran the tiny model 8-25x slower than one).
 
 Both sides train the same tiny text-only Llama (the embedded configs', random init, same seed, no fusion
-blocks) on the same prompts (the embedded instruction set's text questions, rendered with the same
-chat template: the token ids are checked equal), with the same group size, token budget, sampling
+blocks) on the same prompts (the embedded instruction set's text questions, rendered with the same chat
+template: the token ids are checked equal), with the same group size, token budget, sampling
 (temperature 1, no top-k / top-p), reward (:class:`~mmfuse.training.rewards.ExactMatch`, run by TRL
-through its reward-function signature), loss (``"dapo"``, ``beta`` 0, one iteration), optimiser (fused AdamW, both
-sides' default, constant learning rate, clipping at 1) and precision (fp32, no gradient checkpointing:
-TRL 1.16 defaults to bf16 and checkpointing; its effective settings are printed). One step = sampling
-``prompts x group_size`` completions, scoring, one optimiser step. Ours is the GRPO stage's
-``training_step`` under a Lightning ``Trainer``; TRL's is ``GRPOTrainer``'s step. Runs alternate
+through its reward-function signature), loss (``"dapo"``, ``beta`` 0, one iteration), optimiser (fused
+AdamW, both sides' default, constant learning rate, clipping at 1) and precision (fp32, no gradient
+checkpointing: TRL 1.16 defaults to bf16 and checkpointing; its effective settings are printed). One
+step = sampling ``prompts x group_size`` completions, scoring, one optimiser step. Ours is the GRPO
+stage's ``training_step`` under a Lightning ``Trainer``; TRL's is ``GRPOTrainer``'s step. Runs alternate
 (ours, TRL, TRL, ours, ...), each on a fresh model; a run's first step is warm-up, not timed. Printed:
 the median step time of each (steps/s), the ratio ours / TRL, and the share of step time spent in the
 model's ``generate`` for both.
