@@ -1,17 +1,18 @@
 """Our GRPO step vs TRL's ``GRPOTrainer`` (no vLLM): steps/s and the share of time spent generating.
 
-Run: ``uv run --group bench python benchmarks/grpo_step.py [--steps 6] [--repeats 3] [--prompts 4]
-[--group-size 8] [--max-new-tokens 16]``.
+Run: ``OMP_NUM_THREADS=1 uv run --group bench python benchmarks/grpo_step.py [--steps 8] [--repeats 4]
+[--prompts 4] [--group-size 8] [--max-new-tokens 16]`` (one thread: on a CPU shared with other jobs,
+two threads ran the tiny model 8-25x slower than one).
 
-Both sides train the same tiny text-only Llama (random init, same seed, no fusion blocks) on the same
-prompts (the embedded instruction set's text questions, rendered with the same chat template: the
-token ids are checked equal), with the same group size, token budget, sampling (temperature 1, no
-top-k / top-p), reward (:class:`~mmfuse.training.rewards.ExactMatch`, run by TRL through its
-reward-function signature), loss (``"dapo"``, ``beta`` 0, one iteration), optimiser (AdamW, not
-fused, constant learning rate, clipping at 1) and precision (fp32, no gradient checkpointing: TRL 1.16
-defaults to bf16 and checkpointing; its effective settings are printed). One step = sampling
-``prompts x group_size`` completions, scoring, one optimiser step. Ours is the GRPO stage's
-``training_step`` under a Lightning ``Trainer``; TRL's is ``GRPOTrainer``'s step. Runs alternate
+Both sides train the same tiny text-only Llama (the embedded configs', random init, same seed, no fusion
+blocks) on the same prompts (the embedded instruction set's text questions, rendered with the same chat
+template: the token ids are checked equal), with the same group size, token budget, sampling
+(temperature 1, no top-k / top-p), reward (:class:`~mmfuse.training.rewards.ExactMatch`, run by TRL
+through its reward-function signature), loss (``"dapo"``, ``beta`` 0, one iteration), optimiser (fused
+AdamW, both sides' default, constant learning rate, clipping at 1) and precision (fp32, no gradient
+checkpointing: TRL 1.16 defaults to bf16 and checkpointing; its effective settings are printed). One
+step = sampling ``prompts x group_size`` completions, scoring, one optimiser step. Ours is the GRPO
+stage's ``training_step`` under a Lightning ``Trainer``; TRL's is ``GRPOTrainer``'s step. Runs alternate
 (ours, TRL, TRL, ours, ...), each on a fresh model; a run's first step is warm-up, not timed. Printed:
 the median step time of each (steps/s), the ratio ours / TRL, and the share of step time spent in the
 model's ``generate`` for both.
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 
 from mmfuse.core.model import MultimodalLM, build_language_model
 from mmfuse.core.text import content_text, load_tokenizer, render_chat, tokenize_chat
@@ -39,11 +41,10 @@ from mmfuse.training.stages.grpo import GRPO
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = str(REPO / "data" / "tokenizer")
-LM = dict(
-    model_type="llama", hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=256, bos_token_id=0, eos_token_id=2, pad_token_id=3,
-    tie_word_embeddings=True,
-)  # fmt: skip
+# the embedded configs' tiny Llama (training/configs/models/embedded.yaml)
+LM = yaml.safe_load((REPO / "training" / "configs" / "models" / "embedded.yaml").read_text())["init_args"][
+    "lm"
+]
 LR = 1e-5
 
 
@@ -143,9 +144,9 @@ def trl(pairs: list[tuple[str, str]], args: argparse.Namespace, report: Callable
         per_device_train_batch_size=args.prompts * args.group_size, num_generations=args.group_size,
         max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, beta=0.0,
         loss_type="dapo", num_iterations=1, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
-        weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", bf16=False, gradient_checkpointing=False,
-        use_cpu=True, disable_dropout=True, shuffle_dataset=False, dataloader_num_workers=0,
-        logging_strategy="no", save_strategy="no", report_to=[], seed=0,
+        weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch_fused", bf16=False,
+        gradient_checkpointing=False, use_cpu=True, disable_dropout=True, shuffle_dataset=False,
+        dataloader_num_workers=0, logging_strategy="no", save_strategy="no", report_to=[], seed=0,
     )  # fmt: skip
     steps, generating = [], []
     generation = Timer(model, "generate")
@@ -191,8 +192,8 @@ def check_same_prompts(pairs: list[tuple[str, str]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=6, help="steps per run (the first is warm-up)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each, interleaved")
+    parser.add_argument("--steps", type=int, default=8, help="steps per run (the first is warm-up)")
+    parser.add_argument("--repeats", type=int, default=4, help="runs of each, interleaved")
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step")
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=16)

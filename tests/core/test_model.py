@@ -5,7 +5,7 @@ import torch
 from tiny_lm import LM, conversations, image, tiny_model
 from transformers import AutoModelForCausalLM
 
-from mmfuse.core.generation import Generation, decode, filter_logits, left_pad
+from mmfuse.core.generation import Generation, decode, filter_logits, left_pad, sample_categorical
 from mmfuse.core.model import build_language_model
 from mmfuse.core.text import tokenize_chat
 
@@ -149,6 +149,16 @@ def test_suppressed_tokens_are_never_generated_and_logps_keep_the_full_distribut
     out = model.generate(input_ids, attention_mask, media, max_new_tokens=3, do_sample=True,
                          generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert (out.completion_ids != image_id).all()
+
+
+def test_categorical_sampling_draws_the_given_distribution_and_never_a_zero():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    draws = sample_categorical(probs.repeat(50_000, 1), torch.Generator().manual_seed(0)).view(50_000, 2)
+    frequencies = torch.stack([torch.bincount(draws[:, r], minlength=6) for r in range(2)]) / 50_000
+    torch.testing.assert_close(frequencies, probs, atol=0.01, rtol=0)  # 4 standard errors at p = 0.5
+    assert frequencies[probs == 0].sum() == 0
+    first = sample_categorical(probs, torch.Generator().manual_seed(1))
+    assert torch.equal(first, sample_categorical(probs, torch.Generator().manual_seed(1)))
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p_and_renormalises():

@@ -341,8 +341,8 @@ class MultimodalLM(nn.Module):
 
         def step(new_ids: Tensor, mask: Tensor, position_ids: Tensor) -> Tensor:
             out = self.lm(input_ids=new_ids, attention_mask=mask, position_ids=position_ids,
-                          cache=cache, use_cache=True)  # fmt: skip
-            return out.logits[:, -1]
+                          cache=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+            return out.logits[:, -1]  # the prompt's pass scores only its last position
 
         with self.fused.media_session(input_ids, encoded):
             return decode(
