@@ -248,15 +248,20 @@ def tuxpaint_sources(root: Path) -> tuple[list[Sample], list[Sprite]]:
     noun phrase (``"a great blue heron"``) also become video sprites. Stamps without a ``.txt``
     (the ``*_mirror.png`` variants) are skipped.
     """
-    samples, sprites = [], []
+    samples, sprites, seen = [], [], set()
     stamps = root / "usr/share/tuxpaint/stamps"
     paths = [p for p in sorted(stamps.rglob("*.png")) if p.with_suffix(".txt").exists()]
     for index, path in enumerate(paths):
+        pixels = on_white(fit_rgba(path, IMAGE_SIDE))
+        digest = hashlib.sha256(pixels.tobytes()).digest()
+        if digest in seen:  # a stamp shipped twice under two names (a train/val leak if kept)
+            continue
+        seen.add(digest)
         caption = clean_description(path.with_suffix(".txt").read_text(encoding="utf-8").splitlines()[0])
         label = re.sub(r"^(a|an|the) ", "", caption)
-        key = f"tuxpaint-{index:04d}"
+        key = f"tuxpaint-{index:04d}"  # the index among all stamps, so a dropped one moves no key
         meta = {"source": "tuxpaint", "label": label, "file": str(path.relative_to(root))}
-        image = encode_jpeg(on_white(fit_rgba(path, IMAGE_SIDE)))
+        image = encode_jpeg(pixels)
         samples.append(Sample(key, "jpg", image, caption, meta, split_of(key)))
         if re.fullmatch(r"(a|an) [a-z]+( [a-z]+){0,2}", caption):
             rgba = np.asarray(fit_rgba(path, SPRITE_SIDE))
@@ -328,8 +333,10 @@ def asterisk_samples(root: Path) -> list[Sample]:
     """Allison Smith's recordings (8 kHz) as Ogg Opus, captioned by their transcripts.
 
     ``digits/0..9`` and ``letters/a..z`` go to val with ``"eval": "zeroshot"`` (the held-out
-    real-speech test of 36 classes); the rest split by key hash. Recordings longer than
-    ``ASTERISK_MAX_S`` and ones whose transcript is only a note (tones, silence) are dropped.
+    real-speech test of 36 classes); the rest split by key hash, where recordings of one sentence
+    share the split of the first of them (``confbridge-dec-list-vol-in`` / ``-out`` is one sentence
+    said twice: a leak when split apart). Recordings longer than ``ASTERISK_MAX_S`` and ones whose
+    transcript is only a note (tones, silence) are dropped.
     """
     listing = gzip.decompress(
         (root / "usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz").read_bytes()
@@ -340,7 +347,7 @@ def asterisk_samples(root: Path) -> list[Sample]:
         if sep and not name.startswith(";"):
             transcripts[name] = clean_transcript(text)
     zeroshot = {f"digits/{i}" for i in range(10)} | {f"letters/{c}" for c in LETTERS}
-    samples = []
+    samples, first_of_sentence = [], {}
     for name, text in sorted(transcripts.items()):
         path = root / ASTERISK_DIR / f"{name}.wav"
         if not text or not path.exists():
@@ -349,6 +356,7 @@ def asterisk_samples(root: Path) -> list[Sample]:
         if len(waveform) > ASTERISK_MAX_S * rate:
             continue
         key = f"asterisk-{slug(name)}"
+        group = first_of_sentence.setdefault(re.sub(r"[^a-z0-9]+", " ", text.lower()).strip(), key)
         meta = {
             "source": "asterisk",
             "label": text,
@@ -357,7 +365,7 @@ def asterisk_samples(root: Path) -> list[Sample]:
         }
         if name in zeroshot:
             meta["eval"] = "zeroshot"
-        split = "val" if name in zeroshot else split_of(key)
+        split = "val" if name in zeroshot else split_of(group)
         samples.append(Sample(key, "ogg", encode_ogg_opus(waveform, rate, 12_000), text, meta, split))
     return samples
 
