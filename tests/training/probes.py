@@ -29,6 +29,22 @@ class KillAtStep(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class KillOnceAtStep(KillAtStep):
+    """:class:`KillAtStep`, but only while ``marker`` does not exist (it is created first): a rerun
+    of the same command survives."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        super().__init__(step)
+        self.marker = marker
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ):
+        if trainer.global_step == self.step and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 class RecordSteps(L.Callback):
     """Keeps ``(global_step, sample keys, loss)`` of every training batch in ``self.steps``."""
 
