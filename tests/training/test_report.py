@@ -1,4 +1,4 @@
-"""``mmfuse report``: curves merged over restarts, panels with reference lines."""
+"""``mmfuse report``: curves merged over restarts, panels with reference lines, the pipeline report."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
 from matplotlib.image import imread
 
+from mmfuse.training.evaluation.stats import bootstrap_interval
+from mmfuse.training.pipeline_report import write_pipeline_report
 from mmfuse.training.report import (
     baseline_targets,
     classify,
@@ -212,3 +214,107 @@ def test_chance_is_a_reference_line_not_a_panel_and_constants_are_left_out(retri
     text = write_report(retrieval_run).read_text()
     assert "| data/skipped | 3 | 3 | 0 | 0 | 0 | constant |" in text
     assert "| val/i2t_r5_chance | 3 | 3 | 0.25 | 0.25 | 0.25 | reference line on `val/i2t_r5` |" in text
+
+
+def _eval_json(path: Path, outcomes: dict[str, list[bool]], logged: dict[str, float]) -> dict:
+    """``eval.json`` as :class:`EvalReport` writes it: an interval and items per metric, logged values."""
+    report = {
+        m: {
+            **vars(bootstrap_interval([float(x) for x in xs])),
+            "items": {str(i): x for i, x in enumerate(xs)},
+        }
+        for m, xs in outcomes.items()
+    } | {m: {"value": v} for m, v in logged.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    return report
+
+
+@pytest.fixture
+def pipeline_dir(tmp_path: Path) -> tuple[Path, dict, dict]:
+    """A pipeline: sft (fit) -> sft_eval -> dpo (fit, restarted) -> dpo_eval -> merge -> grpo (pending)."""
+    root = tmp_path / "runs" / "assistant"
+    header = ["step", "train/loss", "val/loss", "val/exact_match/image/digit", "val/majority/image/digit"]
+    _write_csv(root / "sft/lightning_logs/version_0/metrics.csv", header,
+               [[s, 3 - s / 10, "", "", ""] for s in range(10)] + [[9, "", 1.5, 0.625, 0.25]])  # fmt: skip
+    _write_csv(
+        root / "dpo/lightning_logs/version_0/metrics.csv",
+        ["step", "train/loss", "train/reward_margin"],
+        [[s, 0.7 - s / 100, s / 10] for s in range(6)],
+    )
+    _write_csv(root / "dpo/lightning_logs/version_1/metrics.csv", ["step", "train/loss", "val/loss"],
+               [[s, 0.6 - s / 100, ""] for s in range(4, 8)] + [[7, "", 1.25]])  # fmt: skip
+    kinds = {"val/exact_match/image/digit": [True] * 7 + [False], "val/exact_match/chat": [True, False] * 3}
+    both = {"val/exact_match": kinds["val/exact_match/image/digit"] + kinds["val/exact_match/chat"]}
+    evals = {
+        "sft": _eval_json(root / "sft_eval/lightning_logs/version_0/eval.json", kinds | both,
+                          {"val/perplexity": 4.5, "val/majority/image/digit": 0.25}),
+        "dpo": _eval_json(root / "dpo_eval/lightning_logs/version_0/eval.json",
+                          {k: xs[::-1][:5] for k, xs in kinds.items()}, {"val/perplexity": 5.0}),
+    }  # fmt: skip
+    stage = {"status": "done", "starts": 1, "fingerprint": "ab12", "checkpoint": None}
+    stages = [
+        stage | {"name": "sft", "run": "fit", "wall_s": 1140.2},
+        stage | {"name": "sft_eval", "run": "eval", "wall_s": 60.0, "evaluates": "sft"},
+        stage | {"name": "dpo", "run": "fit", "wall_s": 600.5, "starts": 2},
+        stage | {"name": "dpo_eval", "run": "eval", "wall_s": 59.9, "evaluates": "dpo"},
+        stage | {"name": "merge_dpo", "run": "merge", "wall_s": 3.1},
+        stage | {"name": "grpo", "run": "fit", "wall_s": 0.0, "status": "pending", "starts": 0},
+    ]
+    for s in stages:
+        s["run_dir"] = f"runs/assistant/{s['name']}"  # relative to a cwd that is not the test's
+    state = {"recipe": "training/recipes/assistant.yaml", "directory": "runs/assistant", "stages": stages}
+    (root / "pipeline.json").write_text(json.dumps(state))
+    return root, state, evals
+
+
+def test_pipeline_report_tables(
+    pipeline_dir: tuple[Path, dict, dict], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, state, evals = pipeline_dir
+    main([str(root)])
+    report = root / "report" / "report.md"
+    assert f"wrote {report}" in capsys.readouterr().out
+    text = report.read_text()
+    total = sum(s["wall_s"] for s in state["stages"]) / 60
+    assert f"| total |  |  |  | {total:.1f} |" in text and f"{total:.1f}" == "31.1"
+    assert "| dpo | fit | done | 2 | 10.0 |" in text and "| grpo | fit | pending | 0 | 0.0 |" in text
+
+    def ci(r: dict) -> str:
+        return f"{r['value']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
+
+    sft, dpo = evals["sft"], evals["dpo"]
+    assert "| kind | sft | sft (sft_eval) | dpo (dpo_eval) | majority |" in text
+    assert f"| all |  | {ci(sft['val/exact_match'])} |  |  |" in text
+    assert f"| chat |  | {ci(sft['val/exact_match/chat'])} | {ci(dpo['val/exact_match/chat'])} |  |" in text
+    digit = [ci(sft["val/exact_match/image/digit"]), ci(dpo["val/exact_match/image/digit"])]
+    assert f"| image/digit | 0.625 | {digit[0]} | {digit[1]} | 0.250 |" in text
+    assert (
+        sft["val/exact_match/image/digit"]["value"] == 0.875
+        and dpo["val/exact_match/image/digit"]["value"] == 0.8
+    )
+    # the other held-out metrics: fit stages' last val values (dpo's from its restart), eval.json's values
+    assert "| metric | sft | sft (sft_eval) | dpo | dpo (dpo_eval) |" in text
+    assert "| val/loss | 1.500 |  | 1.250 |  |" in text and "| val/perplexity |  | 4.500 |  | 5.000 |" in text
+    assert "majority/image/digit |" not in text.split("## Held-out metrics")[1]
+
+
+def test_pipeline_report_curves(pipeline_dir: tuple[Path, dict, dict]) -> None:
+    root, _, _ = pipeline_dir
+    text = write_pipeline_report(root).read_text()
+    for stage in ("sft", "dpo"):
+        assert f"- `{stage}`: [run report]({stage}/report.md), [loss]({stage}/loss.png)" in text
+        assert (root / "report" / stage / "loss.png").stat().st_size > 10_000
+    assert "restarts at global steps [4]" in (root / "report" / "dpo" / "report.md").read_text()
+    assert "![training loss per fit stage](loss.png)" in text
+    height, width, _ = imread(root / "report" / "loss.png").shape
+    assert width > 2 * height  # two panels side by side: the pending grpo has no curves
+
+
+def test_pipeline_stage_without_a_field_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stage = {"name": "sft", "run": "fit", "status": "done"}
+    (tmp_path / "pipeline.json").write_text(json.dumps({"stages": [stage]}))
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path)])
+    assert info.value.code == 2
+    assert f"{tmp_path / 'pipeline.json'}: stage 0 has no run_dir" in capsys.readouterr().err

@@ -11,7 +11,8 @@ present, heads the summary. A reward-model run's latest ``reliability-epoch=E.js
 The plots keep what a reader compares: related series share a panel (:func:`panel_key`); chance
 levels and majority baselines (:func:`baseline_targets`) are dashed reference lines on the panel
 of the metric they refer to, not panels of their own; constant series are left out of the plots
-and marked "constant" in the table.
+and marked "constant" in the table. A directory holding ``pipeline.json`` gets the pipeline report
+of :mod:`mmfuse.training.pipeline_report` instead.
 """
 
 from __future__ import annotations
@@ -296,8 +297,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR/report)")
     args = parser.parse_args(argv)
     try:
-        report = write_report(args.run_dir, args.out)
-    except FileNotFoundError as exc:
+        if (args.run_dir / "pipeline.json").exists():
+            from mmfuse.training.pipeline_report import write_pipeline_report
+
+            report = write_pipeline_report(args.run_dir, args.out)
+        else:
+            report = write_report(args.run_dir, args.out)
+    except (FileNotFoundError, ValueError) as exc:
         parser.exit(2, f"mmfuse report: {exc}\n")
     print(f"wrote {report} and its plots in {report.parent}")
 
