@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import yaml
 from tiny_towers import tiny_model
 
 from mmfuse.training.cli import cli_main
-from mmfuse.training.report import write_report
+from mmfuse.training.report import _REWARD_OR_KL, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 ROLLOUT = ["rollout/reward", "rollout/rewards/exact_match/mean", "rollout/completion_length",
@@ -65,5 +66,11 @@ def test_fit_logs_rollout_figures_answers_and_the_reward_plot(stage, tmp_path, m
         and {"kind", "question", "reference", "answer", "correct"} <= json.loads(answers[0]).keys()
     )
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
-    report = write_report(tmp_path)
-    assert (report.parent / "rewards.png").stat().st_size > 10_000
+    text = write_report(tmp_path).read_text()
+    curves = [n for n in ROLLOUT + EXTRA[stage] if _REWARD_OR_KL.search(n) and "loss" not in n]
+    drawn = [n for n in curves if len(set(logged[n])) > 1]  # a tiny untrained policy may earn 0 throughout
+    assert ("![rewards](rewards.png)" in text) == bool(drawn)
+    for name in set(curves) - set(drawn):
+        assert re.search(rf"^\| {name} \|.* \| constant \|$", text, re.M), name
+    if drawn:
+        assert (tmp_path / "report" / "rewards.png").stat().st_size > 10_000
