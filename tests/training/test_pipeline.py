@@ -102,13 +102,37 @@ def test_a_changed_stage_keeps_its_previous_run_directory(tmp_path, monkeypatch)
     assert (tmp_path / "pipe" / "a.superseded-1" / "m.ckpt").read_text() == "old"
 
 
+def test_a_given_checkpoint_replaces_its_stage_and_skips_what_only_it_needed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _configs(tmp_path)
+    (tmp_path / "mine.ckpt").write_bytes(b"weights")
+    path = _recipe(tmp_path, [
+        {"name": "a", "config": "a.yaml"},
+        {"name": "b", "config": "b.yaml", "set": {"model.init_from": "${a}"}},
+        {"name": "c", "config": "b.yaml", "set": {"model.init_from": "${b}"}},
+        {"name": "d", "config": "a.yaml"},
+    ])  # fmt: skip
+    pipeline = Pipeline(load_recipe(path), path, {"b": "mine.ckpt"})
+    assert [pipeline.entries[n]["status"] for n in "abcd"] == ["skipped", "given", "pending", "pending"]
+    layer = pipeline.recipe.substitute(pipeline.recipe.stage("c").set, pipeline.recipe.stage("c"))
+    assert layer == {"model.init_from": "mine.ckpt"}
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(b"other weights")
+    changed = Pipeline(load_recipe(path), path, {"b": str(other)})
+    assert changed.entries["c"]["fingerprint"] != pipeline.entries["c"]["fingerprint"]  # by the bytes
+    assert changed.entries["d"]["fingerprint"] == pipeline.entries["d"]["fingerprint"]
+    with pytest.raises(RecipeError, match="no stage 'x'"):
+        Pipeline(load_recipe(path), path, {"x": "mine.ckpt"})
+
+
 def test_slurm_submission_chains_each_stage_on_the_jobs_it_references(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _configs(tmp_path)
     path = _recipe(tmp_path, [
         {"name": "a", "config": "a.yaml"},
         {"name": "b", "config": ["b.yaml", "a.yaml"], "set": {"model.init_from": "${a}"}},
-        {"name": "m", "run": "merge", "args": ["${a}", "${b}", "--out", "${dir}/x.ckpt"], "checkpoint": "${dir}/x.ckpt"},
+        {"name": "m", "run": "merge", "args": ["${a}", "${b}", "--out", "${dir}/x.ckpt"],
+         "checkpoint": "${dir}/x.ckpt"},
     ])  # fmt: skip
     assert main([str(path), "--slurm", "--dry_run"]) == 0
     a, b, m = capsys.readouterr().out.splitlines()
@@ -129,7 +153,8 @@ def test_a_pipeline_killed_in_a_stage_resumes_it_at_its_step_and_never_reruns_a_
     second = fit_config(DPO, tmp_path / "second", train, val)
     probes = Path(__file__).parent  # probes.KillOnceAtStep, imported by the stage processes
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(probes), os.environ.get("PYTHONPATH", "")]))
-    kill = {"class_path": "probes.KillOnceAtStep", "init_args": {"step": 3, "marker": str(tmp_path / "killed")}}
+    marker = str(tmp_path / "killed")
+    kill = {"class_path": "probes.KillOnceAtStep", "init_args": {"step": 3, "marker": marker}}
     path = _recipe(tmp_path, [
         {"name": "sft", "config": str(first)},
         {"name": "dpo", "config": str(second), "set": {

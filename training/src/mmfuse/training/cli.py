@@ -1,5 +1,6 @@
 """The ``mmfuse`` command: LightningCLI (fit / validate / test / predict) and the commands of
-:data:`COMMANDS` (``mmfuse report``, ``eval``, ``data``, ``flywheel``, ``merge``, ``export``, ``chat``).
+:data:`COMMANDS` (``mmfuse report``, ``eval``, ``data``, ``flywheel``, ``merge``, ``export``, ``chat``,
+``pipeline``).
 
 Every stage is a LightningModule and every dataset a LightningDataModule chosen in YAML by
 ``class_path`` / ``init_args`` (one config system: jsonargparse). Defaults added here:
@@ -116,6 +117,7 @@ COMMANDS = {
     "merge": "mmfuse.training.merge",
     "export": "mmfuse.training.export",
     "chat": "mmfuse.training.chat",
+    "pipeline": "mmfuse.training.pipeline",
 }
 
 

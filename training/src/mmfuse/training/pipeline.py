@@ -43,6 +43,9 @@ State lives in ``DIRECTORY/pipeline.json`` (read by ``mmfuse report``): per stag
   ``args``, and the fingerprints of the stages it references. A changed config or upstream stage
   therefore reruns the stage and everything downstream; the old run directory is kept, renamed
   ``<name>.superseded-<n>``. Data files and code are not hashed.
+* **Given checkpoints** (``--given sft=PATH``): a stage's result you already have. The stage is not
+  run, ``${sft}`` is ``PATH`` (fingerprinted by its bytes), and stages that only it needed (here the
+  alignments) are skipped.
 * **SLURM** (``--slurm``): each stage is submitted at once, with ``sbatch --dependency=afterok:`` on
   the jobs of the stages it references; Lightning stages go through ``training/slurm/fit.sbatch``
   (``CONFIG``, ``RUN_DIR``, ``SUBCOMMAND``), other commands through ``sbatch --wrap``. ``--dry_run``
@@ -108,7 +111,7 @@ class Recipe:
 
     def checkpoint(self, stage: Stage) -> str | None:
         """The stage's chosen checkpoint path (known before it runs, so jobs can be chained)."""
-        if stage.run == "fit":
+        if stage.run == "fit" and stage.checkpoint is None:
             return str(self.run_dir(stage.name) / "checkpoints" / "best.ckpt")
         return self.substitute(stage.checkpoint, stage) if stage.checkpoint else None
 
@@ -129,7 +132,7 @@ class Recipe:
                 return str(self.run_dir(name))
             path = self.checkpoint(self.stage(name))
             if path is None:
-                raise RecipeError(f"stages.{stage.name}: ${{{name}}} has no checkpoint (give it `checkpoint:`)")
+                raise RecipeError(f"stages.{stage.name}: ${{{name}}} has no checkpoint (give it one)")
             return path
 
         return _PLACEHOLDER.sub(fill, value)
@@ -171,7 +174,7 @@ def load_recipe(path: Path, directory: Path | None = None) -> Recipe:
         if stage.run in LIGHTNING_RUNS and (not stage.config or stage.args):
             raise RecipeError(f"{where}: a `{stage.run}` stage takes `config` (and `set`), not `args`")
         if stage.run not in LIGHTNING_RUNS and (stage.config or stage.set):
-            raise RecipeError(f"{where}: `{stage.run}` is not a LightningCLI run: give `args`, not config/set")
+            raise RecipeError(f"{where}: `{stage.run}` is not a LightningCLI run: give `args`, not `set`")
         for name in stage.references():
             if not any(s.name == name for s in stages):
                 raise RecipeError(f"{where}: ${{{name}}} is not an earlier stage")
@@ -234,14 +237,30 @@ def fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, str]) -> str:
 class Pipeline:
     """Runs a recipe's stages in order, with their state in ``DIRECTORY/pipeline.json``."""
 
-    def __init__(self, recipe: Recipe, recipe_path: Path) -> None:
+    def __init__(self, recipe: Recipe, recipe_path: Path, given: dict[str, str] | None = None) -> None:
+        given = given or {}
+        for name in given:
+            if not any(s.name == name for s in recipe.stages):
+                raise RecipeError(f"--given {name}=...: no stage {name!r} in the recipe")
+            if not Path(given[name]).is_file():
+                raise RecipeError(f"--given {name}={given[name]}: no such file")
         self.recipe = recipe
+        needed = _needed(recipe, set(given))
         self.state_path = recipe.directory / "pipeline.json"
         previous = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"stages": []}
         self.previous = {s["name"]: s for s in previous["stages"]}
         self.entries: dict[str, dict] = {}
         fingerprints: dict[str, str] = {}
         for stage in recipe.stages:
+            if stage.name in given or stage.name not in needed:
+                path = given.get(stage.name)
+                fingerprints[stage.name] = _file_digest(path) if path else "skipped"
+                stage.checkpoint = path
+                self.entries[stage.name] = {
+                    "name": stage.name, "run": stage.run, "status": "given" if path else "skipped",
+                    "fingerprint": fingerprints[stage.name], "checkpoint": path, "starts": 0, "wall_s": 0.0,
+                }  # fmt: skip
+                continue
             fingerprints[stage.name] = fingerprint(recipe, stage, fingerprints)
             entry = dict(self.previous.get(stage.name, {}))
             if entry.get("fingerprint") != fingerprints[stage.name]:
@@ -305,6 +324,9 @@ class Pipeline:
         """Run every stage not yet done, in order; stop at the first failure. Returns the exit status."""
         for stage in self.recipe.stages:
             entry = self.entries[stage.name]
+            if entry["status"] in ("given", "skipped"):
+                print(f"[pipeline] {stage.name}: {entry['status']} ({entry['checkpoint'] or 'not needed'})")
+                continue
             if entry["status"] == "done":
                 print(f"[pipeline] {stage.name}: done ({entry['wall_s'] / 60:.1f} min), not rerun")
                 continue
@@ -333,7 +355,7 @@ class Pipeline:
             entry = self.entries[stage.name]
             if entry["status"] == "submitted" and not dry_run:
                 entry["status"] = _sacct_status(entry["job_id"])
-            if entry["status"] == "done":
+            if entry["status"] in ("done", "given", "skipped"):
                 continue
             if entry["status"] in ("submitted", "running"):
                 jobs[stage.name] = entry["job_id"]
@@ -358,6 +380,26 @@ class Pipeline:
             entry.update(status="submitted", job_id=jobs[stage.name], starts=entry["starts"] + 1)
             self.save()
         return 0
+
+
+def _needed(recipe: Recipe, given: set[str]) -> set[str]:
+    """The stages to run: every one but the given and those only given stages reference."""
+    if not given:
+        return {s.name for s in recipe.stages}
+    needed: set[str] = set()
+    for stage in reversed(recipe.stages):
+        users = [s.name for s in recipe.stages if stage.name in s.references()]
+        if stage.name not in given and (not users or needed.intersection(users)):
+            needed.add(stage.name)
+    return needed
+
+
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _call(argv: list[str]) -> int:
@@ -387,14 +429,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("recipe", type=Path, help="the recipe YAML (e.g. training/recipes/assistant.yaml)")
     parser.add_argument("--directory", type=Path, help="the pipeline directory (default: the recipe's)")
     parser.add_argument("--stop_after", help="stop after this stage (the rest stay pending)")
+    parser.add_argument("--given", action="append", default=[], metavar="STAGE=CKPT",
+                        help="use CKPT as STAGE's checkpoint instead of running it (repeatable)")  # fmt: skip
     parser.add_argument("--slurm", action="store_true", help="submit one chained sbatch job per stage")
     parser.add_argument("--dry_run", action="store_true", help="with --slurm: print the sbatch commands")
     args = parser.parse_args(argv)
     try:
-        recipe = load_recipe(args.recipe, args.directory)
+        given = dict(item.split("=", 1) for item in args.given)
+    except ValueError:
+        parser.error(f"--given takes STAGE=CKPT, got {args.given}")
+    try:
+        pipeline = Pipeline(load_recipe(args.recipe, args.directory), args.recipe, given)
     except (RecipeError, FileNotFoundError) as exc:
         parser.exit(2, f"mmfuse pipeline: {exc}\n")
-    pipeline = Pipeline(recipe, args.recipe)
     if args.slurm:
         return pipeline.submit(args.dry_run)
     return pipeline.run(args.stop_after)
