@@ -58,6 +58,34 @@ def test_temperature_scaled_logps_are_before_top_k_truncation():
     assert (out.logps[out.completion_mask] < 0).all()  # renormalised over 3 tokens would reach ~-1.1 at worst
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sequence_logps_run_the_head_on_completion_positions_only_and_equal_the_masked_full_logps(
+    temperature,
+):
+    model = tiny_model()
+    input_ids, attention_mask, media = _prompts(model)
+    out = model.generate(input_ids, attention_mask, media, max_new_tokens=5, do_sample=True,
+                         generator=torch.Generator().manual_seed(2))  # fmt: skip
+    ids, mask, completion = _full_sequence(input_ids, attention_mask, out)  # left-padded prompts, ragged ends
+    kwargs = dict(attention_mask=mask, position_ids=_positions(mask), temperature=temperature)
+    weights = torch.arange(1.0, len(ids) + 1, dtype=torch.float64)  # a different gradient weight per row
+    params = [p for p in model.parameters() if p.requires_grad]
+    full = (model.token_logps(ids, media, **kwargs) * completion).sum(-1)  # the [b, s, v] definition
+    full_grads = torch.autograd.grad((full * weights).sum(), params, allow_unused=True)
+    rows = []
+    head = model.lm.get_output_embeddings().register_forward_hook(lambda m, a, o: rows.append(a[0].shape))
+    fast = model.sequence_logps(ids, completion, media, **kwargs)
+    head.remove()
+    fast_grads = torch.autograd.grad((fast * weights).sum(), params, allow_unused=True)
+    assert rows == [(int(completion[:, 1:].sum()), model.lm.config.hidden_size)]  # [n, d], not [b, s, d]
+    torch.testing.assert_close(fast, full)
+    assert (full < 0).all()
+    for a, b in zip(fast_grads, full_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
+
+
 def test_seeded_sampling_is_reproducible_and_seeds_differ():
     model = tiny_model()
     input_ids, attention_mask, media = _prompts(model)

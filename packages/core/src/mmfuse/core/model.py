@@ -104,6 +104,11 @@ def logits_only_at(lm: nn.Module, logits_mask: Tensor | None) -> Iterator[None]:
         handle.remove()
 
 
+def _tempered(logits: Tensor, temperature: float) -> Tensor:
+    """``logits / temperature``; the logits themselves at 1 (no copy of a ``[b, s, v]`` tensor)."""
+    return logits if temperature == 1.0 else logits / temperature
+
+
 def expand_items(encoded: EncoderOutput, index: Tensor) -> EncoderOutput:
     """The items ``index`` (``[n']`` int64) of an encoder output, e.g. each repeated for g samples."""
     pick = lambda x: None if x is None else x[index]  # noqa: E731
@@ -285,17 +290,32 @@ class MultimodalLM(nn.Module):
         completion's log-probs directly. ``temperature`` divides the logits first (as the sampling
         did). ``kwargs`` as :meth:`forward`.
         """
-        logits = self.forward(input_ids, media, **kwargs) / temperature
+        logits = _tempered(self.forward(input_ids, media, **kwargs), temperature)
         logps = token_logps(
             logits, shift_labels(input_ids, ignore_index=IGNORE_INDEX)
         )  # [b, s]: i scores i + 1
         return nn.functional.pad(logps[:, :-1], (1, 0))  # [b, s]: i scored at i - 1
 
     def sequence_logps(
-        self, input_ids: Tensor, completion_mask: Tensor, media: Media | None = None, **kwargs: Any
+        self,
+        input_ids: Tensor,
+        completion_mask: Tensor,
+        media: Media | None = None,
+        *,
+        temperature: float = 1.0,
+        **kwargs: Any,
     ) -> Tensor:
-        """``[b]`` float32: the sum of :meth:`token_logps` over ``completion_mask`` ``[b, s]`` (bool, 0/1)."""
-        return (self.token_logps(input_ids, media, **kwargs) * completion_mask).sum(-1)
+        """``[b]`` float32: the sum of :meth:`token_logps` over ``completion_mask`` ``[b, s]`` (bool, 0/1).
+
+        The LM head and the log-softmax run only at the positions that predict a completion token
+        (``logits_mask``), not over the prompt and the padding: the same sums as masking the full
+        ``[b, s, v]`` log-probs, for a fraction of the head's work (DPO's pairs: about a fifth of the
+        positions of the embedded set's text pairs).
+        """
+        targets = nn.functional.pad(completion_mask[:, 1:].bool(), (0, 1))  # [b, s]: i predicts i + 1
+        logits = self.forward(input_ids, media, logits_mask=targets, **kwargs)  # [n, v]
+        logps = token_logps(_tempered(logits, temperature), input_ids[:, 1:][targets[:, :-1]])  # [n]
+        return logps.new_zeros(targets.shape).masked_scatter(targets, logps).sum(-1)  # [n] -> [b, s] -> [b]
 
     @torch.no_grad()
     def generate(
