@@ -27,11 +27,10 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
+from _peer import LM, REPO, TOKENIZER, Timer
 
 from mmfuse.core.model import MultimodalLM, build_language_model
 from mmfuse.core.text import content_text, load_tokenizer, render_chat, tokenize_chat
@@ -39,12 +38,6 @@ from mmfuse.training.data.chat import AnswerPrompt
 from mmfuse.training.rewards import ExactMatch
 from mmfuse.training.stages.grpo import GRPO
 
-REPO = Path(__file__).resolve().parents[1]
-TOKENIZER = str(REPO / "data" / "tokenizer")
-# the embedded configs' tiny Llama (training/configs/models/embedded.yaml)
-LM = yaml.safe_load((REPO / "training" / "configs" / "models" / "embedded.yaml").read_text())["init_args"][
-    "lm"
-]
 LR = 1e-5
 
 
@@ -68,22 +61,6 @@ def prompt_ids(tokenizer, question: str) -> torch.Tensor:
     """Our prompt: the question as a user turn with the generation prompt."""
     messages = [{"role": "user", "content": question}]
     return tokenize_chat(tokenizer, messages, add_generation_prompt=True).input_ids
-
-
-class Timer:
-    """Wraps ``obj.name`` to add the seconds spent in it to :attr:`seconds`."""
-
-    def __init__(self, obj: object, name: str) -> None:
-        self.seconds, inner = 0.0, getattr(obj, name)
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - start
-
-        setattr(obj, name, timed)
 
 
 def ours(pairs: list[tuple[str, str]], args: argparse.Namespace) -> tuple[list[float], list[float]]:

@@ -46,12 +46,10 @@ import random
 import statistics
 import tarfile
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 import lightning as L
 import torch
-from transformers import TrainerCallback
+from _peer import LM, REPO, TOKENIZER, StepTimer, interleaved, settings_line
 
 from mmfuse.core.functional import shift_labels
 from mmfuse.core.model import MultimodalLM, build_language_model
@@ -59,13 +57,6 @@ from mmfuse.core.text import content_text, load_tokenizer, tokenize_chat
 from mmfuse.training.data.chat import ChatExample, pack_examples, pad_examples
 from mmfuse.training.stages.sft import InstructionTuning
 
-REPO = Path(__file__).resolve().parents[1]
-TOKENIZER = str(REPO / "data" / "tokenizer")
-LM = dict(
-    model_type="llama", hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=256, bos_token_id=0, eos_token_id=2, pad_token_id=3,
-    tie_word_embeddings=True,
-)  # fmt: skip
 #: optimiser and clipping of both sides (the SFT stage's betas, weight decay and clipping norm).
 LR, BETAS, EPS, WEIGHT_DECAY, MAX_GRAD_NORM = 1e-3, (0.9, 0.95), 1e-8, 0.01, 1.0
 
@@ -258,20 +249,6 @@ class Trl:
         ]
 
 
-class StepTimer(TrainerCallback):
-    """Seconds of each optimizer step (``on_step_begin`` .. ``on_step_end``: forward to zero_grad)."""
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-        self.start = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.seconds.append(time.perf_counter() - self.start)
-
-
 def _real_tokens(batch: dict) -> int:
     if "attention_mask" in batch:
         return int(batch["attention_mask"].sum())
@@ -283,21 +260,6 @@ def _trl_token_ids(batch: dict) -> list[int]:
     if "attention_mask" in batch:
         return batch["input_ids"][batch["attention_mask"].bool()].tolist()
     return batch["input_ids"].flatten().tolist()
-
-
-def interleaved(runs: dict[str, Callable[[], list[float]]], repeats: int) -> dict[str, list[list[float]]]:
-    """Every run once per round, in order, for ``repeats`` rounds: each run's step rates, by name."""
-    results: dict[str, list[list[float]]] = {name: [] for name in runs}
-    for round_ in range(repeats):
-        for name, run in runs.items():
-            results[name].append(run())
-            print(f"  round {round_ + 1}/{repeats} {name}: median step "
-                  f"{statistics.median(results[name][-1]):,.0f} tokens/s", flush=True)  # fmt: skip
-    return results
-
-
-def _settings_line(settings: dict) -> str:
-    return ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in settings.items())
 
 
 def main() -> None:
@@ -351,7 +313,7 @@ def main() -> None:
         side = make()
         same_ids = ours_ids if name == "ours" else _trl_token_ids(side.first_batch())
         print(f"  {name}: loss {side.first_loss():.6f}, same token ids as ours: {same_ids == ours_ids}")
-        print(f"    {_settings_line(side.settings())}")
+        print(f"    {settings_line(side.settings())}")
 
     print(f"\n{args.repeats} interleaved rounds (each a fresh model and optimizer):")
     runs = {name: lambda make=make: make().run(args.warmup) for name, make in sides.items()}
