@@ -5,9 +5,11 @@ Imported by the scripts beside it (``python benchmarks/<name>.py`` puts this fol
 
 from __future__ import annotations
 
+import json
 import statistics
+import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import yaml
@@ -20,6 +22,15 @@ TOKENIZER = str(REPO / "data" / "tokenizer")
 LM = yaml.safe_load((REPO / "training" / "configs" / "models" / "embedded.yaml").read_text())["init_args"][
     "lm"
 ]
+
+
+def train_records(folder: str) -> Iterator[tuple[str, dict]]:
+    """(sample key, JSON record) of every sample of ``data/<folder>``'s train shards, in shard order."""
+    for path in sorted((REPO / "data" / folder).glob("train-*.tar.gz")):
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    yield member.name.removesuffix(".json"), json.load(tar.extractfile(member))
 
 
 class Timer:

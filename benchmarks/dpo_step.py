@@ -45,7 +45,6 @@ import logging
 import math
 import os
 import statistics
-import tarfile
 import tempfile
 import time
 import warnings
@@ -53,7 +52,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from _peer import LM, REPO, TOKENIZER, StepTimer, Timer, interleaved, settings_line
+from _peer import LM, TOKENIZER, StepTimer, Timer, interleaved, settings_line, train_records
 from torch import Tensor
 
 from mmfuse.core.model import MultimodalLM, build_language_model
@@ -75,15 +74,11 @@ KIND = "text/definition"
 def text_pairs(n: int) -> list[tuple[str, dict]]:
     """The first ``n`` text pairs of the preference train shards: (sample key, record)."""
     out = []
-    for path in sorted((REPO / "data" / "preferences").glob("train-*.tar.gz")):
-        with tarfile.open(path) as tar:
-            for member in tar.getmembers():
-                if member.name.endswith(".json"):
-                    record = json.load(tar.extractfile(member))
-                    if record["kind"] == KIND:
-                        out.append((member.name.removesuffix(".json"), record))
-                        if len(out) == n:
-                            return out
+    for key, record in train_records("preferences"):
+        if record["kind"] == KIND:
+            out.append((key, record))
+            if len(out) == n:
+                return out
     raise ValueError(f"fewer than {n} {KIND} pairs in the preference shards")
 
 

@@ -21,16 +21,14 @@ model's ``generate`` for both.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
 
 import lightning as L
 import torch
-from _peer import LM, REPO, TOKENIZER, Timer
+from _peer import LM, TOKENIZER, Timer, train_records
 
 from mmfuse.core.model import MultimodalLM, build_language_model
 from mmfuse.core.text import content_text, load_tokenizer, render_chat, tokenize_chat
@@ -44,16 +42,12 @@ LR = 1e-5
 def questions(n: int) -> list[tuple[str, str]]:
     """The first ``n`` text questions of the training shards: (question, reference answer)."""
     out = []
-    for path in sorted((REPO / "data" / "instructions").glob("train-*.tar.gz")):
-        with tarfile.open(path) as tar:
-            for member in tar.getmembers():
-                if member.name.endswith(".json"):
-                    record = json.load(tar.extractfile(member))
-                    if record["kinds"] == ["text/definition"]:
-                        user, answer = record["messages"]
-                        out.append((content_text(user["content"]), content_text(answer["content"])))
-                        if len(out) == n:
-                            return out
+    for _, record in train_records("instructions"):
+        if record["kinds"] == ["text/definition"]:
+            user, answer = record["messages"]
+            out.append((content_text(user["content"]), content_text(answer["content"])))
+            if len(out) == n:
+                return out
     raise ValueError(f"fewer than {n} text questions in the instruction shards")
 
 

@@ -40,16 +40,14 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import json
 import logging
 import random
 import statistics
-import tarfile
 import time
 
 import lightning as L
 import torch
-from _peer import LM, REPO, TOKENIZER, StepTimer, interleaved, settings_line
+from _peer import LM, TOKENIZER, StepTimer, interleaved, settings_line, train_records
 
 from mmfuse.core.functional import shift_labels
 from mmfuse.core.model import MultimodalLM, build_language_model
@@ -63,11 +61,7 @@ LR, BETAS, EPS, WEIGHT_DECAY, MAX_GRAD_NORM = 1e-3, (0.9, 0.95), 1e-8, 0.01, 1.0
 
 def conversations() -> list[dict]:
     """Every training record (``messages``, ``kinds``) of the instruction shards."""
-    records = []
-    for path in sorted((REPO / "data" / "instructions").glob("train-*.tar.gz")):
-        with tarfile.open(path) as tar:
-            records += [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
-    return records
+    return [record for _, record in train_records("instructions")]
 
 
 def examples(tokenizer, records: list[dict], max_length: int) -> list[ChatExample]:
