@@ -114,6 +114,7 @@ def test_a_given_checkpoint_replaces_its_stage_and_skips_what_only_it_needed(tmp
     ])  # fmt: skip
     pipeline = Pipeline(load_recipe(path), path, {"b": "mine.ckpt"})
     assert [pipeline.entries[n]["status"] for n in "abcd"] == ["skipped", "given", "pending", "pending"]
+    assert pipeline.entries["b"]["run_dir"] == "."  # mine.ckpt's run: the report reads its metrics there
     layer = pipeline.recipe.substitute(pipeline.recipe.stage("c").set, pipeline.recipe.stage("c"))
     assert layer == {"model.init_from": "mine.ckpt"}
     other = tmp_path / "other.ckpt"

@@ -256,9 +256,12 @@ class Pipeline:
                 path = given.get(stage.name)
                 fingerprints[stage.name] = _file_digest(path) if path else "skipped"
                 stage.checkpoint = path
+                # a given checkpoint's run directory (``<run>/checkpoints/x.ckpt``) holds its metrics
+                run_dir = Path(path).parent.parent if path else recipe.run_dir(stage.name)
                 self.entries[stage.name] = {
                     "name": stage.name, "run": stage.run, "status": "given" if path else "skipped",
-                    "fingerprint": fingerprints[stage.name], "checkpoint": path, "starts": 0, "wall_s": 0.0,
+                    "run_dir": str(run_dir), "fingerprint": fingerprints[stage.name], "checkpoint": path,
+                    "starts": 0, "wall_s": 0.0,
                 }  # fmt: skip
                 continue
             fingerprints[stage.name] = fingerprint(recipe, stage, fingerprints)
@@ -345,6 +348,7 @@ class Pipeline:
                 return status
             if stage.name == stop_after:
                 break
+        self.save()
         print(f"[pipeline] finished; `mmfuse report {self.recipe.directory}` for the report")
         return 0
 
