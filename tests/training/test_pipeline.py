@@ -42,7 +42,8 @@ def test_the_assistant_recipe_loads_and_chains_every_stage_on_an_earlier_one(mon
     assert sft.references() == ["align_image", "align_audio", "align_video"]
     layer = recipe.substitute(sft.set, sft)
     towers = layer["model.init_args.model.init_args.tower_checkpoints"]
-    assert towers["image"] == str(Path("runs/assistant/align_image/checkpoints/best.ckpt"))
+    assert towers["image"] == str(Path("runs/assistant/align_image/checkpoints/best.ckpt"))  # monitored
+    assert recipe.checkpoint(recipe.stage("dpo")) == str(Path("runs/assistant/dpo/checkpoints/last.ckpt"))
 
 
 @pytest.mark.parametrize(
@@ -141,7 +142,7 @@ def test_slurm_submission_chains_each_stage_on_the_jobs_it_references(tmp_path, 
     assert "training/slurm/fit.sbatch --config b.yaml" not in b  # the first config goes in CONFIG
     assert "--dependency=afterok:<a>" in b and "CONFIG=b.yaml" in b and "--config a.yaml" in b
     assert "--dependency=afterok:<a>:<b>" in m and "--wrap=mmfuse merge" in m
-    assert f"{tmp_path / 'pipe' / 'b' / 'checkpoints' / 'best.ckpt'}" in m
+    assert f"{tmp_path / 'pipe' / 'b' / 'checkpoints' / 'last.ckpt'}" in m  # no monitor: the final weights
 
 
 @pytest.mark.slow  # four tiny fits and a merge, each its own process: ~2 min on 2 cores
@@ -171,7 +172,7 @@ def test_a_pipeline_killed_in_a_stage_resumes_it_at_its_step_and_never_reruns_a_
     assert main([str(path)]) != 0  # the DPO stage's process is killed -9 at step 3
     state = {s["name"]: s for s in json.loads((pipe / "pipeline.json").read_text())["stages"]}
     assert state["sft"]["status"] == "done" and state["dpo"]["status"] == "failed"
-    sft_ckpt = pipe / "sft" / "checkpoints" / "best.ckpt"
+    sft_ckpt = pipe / "sft" / "checkpoints" / "last.ckpt"
     sft_mtime = sft_ckpt.stat().st_mtime_ns
 
     assert main([str(path)]) == 0  # the same command

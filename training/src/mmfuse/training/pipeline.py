@@ -28,9 +28,11 @@ A recipe is YAML::
 the stage's own. A LightningCLI stage (``run`` ``fit``, the default, ``validate`` or ``eval``) runs in
 ``DIRECTORY/<name>`` (``trainer.default_root_dir``) with the ``set`` layer written beside it
 (``DIRECTORY/<name>/recipe-layer.yaml``, the last ``--config``). A ``fit`` stage's chosen checkpoint is
-``checkpoints/best.ckpt``: the pipeline sets ``checkpoint.filename=best`` (one kept, no ``-v1``
-copies), so it is the best by the config's ``checkpoint.monitor``, or the latest validated when there is
-none. Other commands name theirs with ``checkpoint``.
+``checkpoints/best.ckpt`` when its configs set ``checkpoint.monitor`` (the pipeline sets
+``checkpoint.filename=best``: one kept, no ``-v1`` copies), else ``checkpoints/last.ckpt``, the final
+weights (with periodic checkpoints and no monitor, Lightning's top-1 "best" is the last periodic save,
+not the end of training). Either path is known before the stage runs. Other commands name theirs with
+``checkpoint``.
 
 State lives in ``DIRECTORY/pipeline.json`` (read by ``mmfuse report``): per stage its status
 (pending, running, done, failed, submitted), fingerprint, starts, wall time and checkpoint.
@@ -112,7 +114,8 @@ class Recipe:
     def checkpoint(self, stage: Stage) -> str | None:
         """The stage's chosen checkpoint path (known before it runs, so jobs can be chained)."""
         if stage.run == "fit" and stage.checkpoint is None:
-            return str(self.run_dir(stage.name) / "checkpoints" / "best.ckpt")
+            name = "best.ckpt" if _monitor(stage) else "last.ckpt"
+            return str(self.run_dir(stage.name) / "checkpoints" / name)
         return self.substitute(stage.checkpoint, stage) if stage.checkpoint else None
 
     def substitute(self, value, stage: Stage):
@@ -183,6 +186,18 @@ def load_recipe(path: Path, directory: Path | None = None) -> Recipe:
                 raise RecipeError(f"{where}.config: no such file {config_path}")
         stages.append(stage)
     return Recipe(directory, stages)
+
+
+def _monitor(stage: Stage) -> str | None:
+    """The ``checkpoint.monitor`` a stage runs with: its ``set`` layer's, else its last config's that sets
+    one (the order LightningCLI applies them in), else None (ModelCheckpoint's default)."""
+    if "checkpoint.monitor" in stage.set:
+        return stage.set["checkpoint.monitor"]
+    monitor = None
+    for path in stage.config:
+        checkpoint = (yaml.safe_load(Path(path).read_text()) or {}).get("checkpoint") or {}
+        monitor = checkpoint.get("monitor", monitor)
+    return monitor
 
 
 def _dotted_to_nested(flat: dict) -> dict:
@@ -318,7 +333,8 @@ class Pipeline:
             argv += ["--config", str(layer)]
         argv += [f"--trainer.default_root_dir={run_dir}"]
         if stage.run == "fit":
-            argv += ["--checkpoint.filename=best", "--checkpoint.enable_version_counter=false"]
+            if _monitor(stage):
+                argv += ["--checkpoint.filename=best", "--checkpoint.enable_version_counter=false"]
             if (run_dir / "checkpoints" / "last.ckpt").exists():
                 argv += ["--ckpt_path=last"]
         return argv
