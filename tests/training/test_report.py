@@ -231,8 +231,9 @@ def _eval_json(path: Path, outcomes: dict[str, list[bool]], logged: dict[str, fl
 
 
 @pytest.fixture
-def pipeline_dir(tmp_path: Path) -> tuple[Path, dict, dict]:
+def pipeline_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict, dict]:
     """A pipeline: sft (fit) -> sft_eval -> dpo (fit, restarted) -> dpo_eval -> merge -> grpo (pending)."""
+    monkeypatch.chdir(tmp_path / "..")  # a cwd without the relative run dirs (not a checkout's runs/)
     root = tmp_path / "runs" / "assistant"
     header = ["step", "train/loss", "val/loss", "val/exact_match/image/digit", "val/majority/image/digit"]
     _write_csv(root / "sft/lightning_logs/version_0/metrics.csv", header,

@@ -36,10 +36,11 @@ _STAGE_FIELDS = ("name", "run", "run_dir", "status")
 
 
 def stage_run_dir(pipeline_dir: Path, run_dir: str) -> Path:
-    """A stage's run directory: ``run_dir`` as the pipeline wrote it (relative to the directory the
-    pipeline ran in, or absolute) when it exists, else the directory of that name in ``pipeline_dir``."""
-    path = Path(run_dir)
-    return path if path.exists() else pipeline_dir / path.name
+    """A stage's run directory: the directory of that name in ``pipeline_dir`` when it exists (a stage the
+    pipeline ran), else ``run_dir`` as the pipeline wrote it (a given checkpoint's run, relative to the
+    directory the pipeline ran in, or absolute)."""
+    inside = pipeline_dir / Path(run_dir).name
+    return inside if inside.exists() or not Path(run_dir).exists() else Path(run_dir)
 
 
 def held_out_metrics(run_dir: Path) -> dict[str, dict[str, Any]]:
