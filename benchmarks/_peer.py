@@ -79,6 +79,27 @@ def interleaved(
     return results
 
 
+def trl_settings(trainer) -> dict:
+    """The settings every TRL trainer runs with, read back from it (not from what was passed):
+    precision, checkpointing, attention, optimiser, schedule, batching, sampling; each benchmark adds
+    its trainer's own (``padding_free``, ``beta``, ...)."""
+    a, model = trainer.args, trainer.model
+    return {
+        "dtype": str(next(model.parameters()).dtype), "bf16": a.bf16, "fp16": a.fp16,
+        "mixed_precision": trainer.accelerator.mixed_precision,
+        "gradient_checkpointing": a.gradient_checkpointing,
+        "attn_implementation": model.config._attn_implementation, "optim": a.optim,
+        "lr": a.learning_rate, "betas": (a.adam_beta1, a.adam_beta2), "eps": a.adam_epsilon,
+        "weight_decay": a.weight_decay, "max_grad_norm": a.max_grad_norm,
+        "lr_scheduler_type": a.lr_scheduler_type,
+        "per_device_train_batch_size": a.per_device_train_batch_size,
+        "gradient_accumulation_steps": a.gradient_accumulation_steps,
+        "train_sampling_strategy": a.train_sampling_strategy, "torch_compile": a.torch_compile,
+        "use_liger_kernel": a.use_liger_kernel, "dataloader_num_workers": a.dataloader_num_workers,
+        "device": str(a.device),
+    }  # fmt: skip
+
+
 def settings_line(settings: dict) -> str:
     """``k=v, ...`` (enums by value)."""
     return ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in settings.items())

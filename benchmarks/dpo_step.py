@@ -52,7 +52,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from _peer import LM, TOKENIZER, StepTimer, Timer, interleaved, settings_line, train_records
+from _peer import LM, TOKENIZER, StepTimer, Timer, interleaved, settings_line, train_records, trl_settings
 from torch import Tensor
 
 from mmfuse.core.model import MultimodalLM, build_language_model
@@ -198,24 +198,12 @@ class Trl:
 
     def settings(self) -> dict:
         """The settings the trainer runs with, read back from it (not from what was passed)."""
-        trainer, a = self.trainer, self.trainer.args
-        model = trainer.model
-        return {
-            "dtype": str(next(model.parameters()).dtype), "bf16": a.bf16, "fp16": a.fp16,
-            "mixed_precision": trainer.accelerator.mixed_precision,
-            "gradient_checkpointing": a.gradient_checkpointing,
-            "model.is_gradient_checkpointing": model.is_gradient_checkpointing,
-            "attn_implementation": model.config._attn_implementation, "padding_free": trainer.padding_free,
-            "precompute_ref_logps": trainer.precompute_ref_logps,
+        trainer = self.trainer
+        return trl_settings(trainer) | {
+            "model.is_gradient_checkpointing": trainer.model.is_gradient_checkpointing,
+            "padding_free": trainer.padding_free, "precompute_ref_logps": trainer.precompute_ref_logps,
             "ref_model": None if trainer.ref_model is None else type(trainer.ref_model).__name__,
-            "optim": a.optim, "lr": a.learning_rate, "betas": (a.adam_beta1, a.adam_beta2),
-            "eps": a.adam_epsilon, "weight_decay": a.weight_decay, "max_grad_norm": a.max_grad_norm,
-            "lr_scheduler_type": a.lr_scheduler_type, "beta": trainer.beta, "loss_type": trainer.loss_types,
-            "max_length": a.max_length, "per_device_train_batch_size": a.per_device_train_batch_size,
-            "gradient_accumulation_steps": a.gradient_accumulation_steps,
-            "train_sampling_strategy": a.train_sampling_strategy, "torch_compile": a.torch_compile,
-            "use_liger_kernel": a.use_liger_kernel, "dataloader_num_workers": a.dataloader_num_workers,
-            "device": str(a.device),
+            "beta": trainer.beta, "loss_type": trainer.loss_types, "max_length": trainer.args.max_length,
         }  # fmt: skip
 
     def first_batch(self) -> dict:

@@ -47,7 +47,7 @@ import time
 
 import lightning as L
 import torch
-from _peer import LM, TOKENIZER, StepTimer, interleaved, settings_line, train_records
+from _peer import LM, TOKENIZER, StepTimer, interleaved, settings_line, train_records, trl_settings
 
 from mmfuse.core.functional import shift_labels
 from mmfuse.core.model import MultimodalLM, build_language_model
@@ -202,25 +202,12 @@ class Trl:
 
     def settings(self) -> dict:
         """The settings the trainer runs with, read back from it (not from what was passed)."""
-        trainer, args = self.trainer, self.trainer.args
-        model = trainer.model
-        return {
-            "dtype": str(next(model.parameters()).dtype), "bf16": args.bf16, "fp16": args.fp16,
-            "mixed_precision": trainer.accelerator.mixed_precision,
-            "activation_checkpointing": args.activation_checkpointing,
-            "gradient_checkpointing": args.gradient_checkpointing,
-            "model.is_activation_checkpointing": model.is_activation_checkpointing,
-            "attn_implementation": model.config._attn_implementation, "optim": args.optim,
-            "lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon,
-            "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm,
-            "lr_scheduler_type": args.lr_scheduler_type,
-            "padding_free": trainer.padding_free, "packing": args.packing,
+        trainer = self.trainer
+        return trl_settings(trainer) | {
+            "activation_checkpointing": trainer.args.activation_checkpointing,
+            "model.is_activation_checkpointing": trainer.model.is_activation_checkpointing,
+            "padding_free": trainer.padding_free, "packing": trainer.args.packing,
             "completion_only_loss": trainer.completion_only_loss,
-            "per_device_train_batch_size": args.per_device_train_batch_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "train_sampling_strategy": args.train_sampling_strategy, "torch_compile": args.torch_compile,
-            "use_liger_kernel": args.use_liger_kernel, "dataloader_num_workers": args.dataloader_num_workers,
-            "device": str(args.device),
         }  # fmt: skip
 
     def first_batch(self) -> dict:
