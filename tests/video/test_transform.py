@@ -1,4 +1,6 @@
 import json
+import tarfile
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -126,3 +128,17 @@ def test_timestamps_reach_the_chat_media_batch():
     assert set(batch) == {"pixel_values_videos", "frame_mask", "video_timestamps"}
     # 9 frames at 4 fps, uniform 4: frames 0, 2, 5, 8; 3 frames at 8 fps: all three, then padding.
     assert batch["video_timestamps"].tolist() == [[0.0, 0.5, 1.25, 2.0], [0.0, 0.125, 0.25, 0.0]]
+
+
+def test_every_backend_gives_the_embedded_clips_the_same_tensors(backend):
+    """The embedded clips (H.264 MP4 at the trained frame size) decode to equal tensors whatever the
+    backend, so the choice of default cannot change what the video alignment trains on."""
+    shard = Path(__file__).parents[2] / "data/video_text/val-000000.tar.gz"
+    with tarfile.open(shard) as tar:
+        clips = [tar.extractfile(m).read() for m in tar if m.name.endswith(".mp4")][:24]
+    reference = VideoTransform(UniformSampler(8), size=32)
+    other = VideoTransform(UniformSampler(8), size=32, backend=backend)
+    for clip in clips:
+        want, got = reference(clip, train=False), other(clip, train=False)
+        assert want.keys() == got.keys()
+        assert all(torch.equal(want[k], got[k]) for k in want)
