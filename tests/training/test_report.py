@@ -20,8 +20,11 @@ from mmfuse.training.report import (
     find_metrics_files,
     group_panels,
     main,
+    plot_panels,
     read_curves,
     restart_steps,
+    rolling_mean,
+    smoothing_window,
     write_report,
 )
 
@@ -319,3 +322,14 @@ def test_pipeline_stage_without_a_field_is_named(tmp_path: Path, capsys: pytest.
         main([str(tmp_path)])
     assert info.value.code == 2
     assert f"{tmp_path / 'pipeline.json'}: stage 0 has no run_dir" in capsys.readouterr().err
+
+
+def test_a_long_noisy_series_is_drawn_under_its_trailing_mean() -> None:
+    assert [smoothing_window(n) for n in (5, 99, 100, 595)] == [1, 1, 5, 29]
+    assert rolling_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    steps = range(200)
+    fig = plot_panels({"rollout/reward": {"rollout/reward": {s: float(s % 2) for s in steps}}}, "grpo")
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    raw, mean = ax.get_lines()
+    assert raw.get_alpha() == 0.3 and mean.get_label() == "rollout/reward (mean of 10)"
+    assert mean.get_ydata()[-1] == pytest.approx(0.5)

@@ -122,6 +122,20 @@ def group_panels(curves: Curves) -> dict[str, Curves]:
     return panels
 
 
+def smoothing_window(num_points: int) -> int:
+    """Points in the trailing mean drawn over a noisy per-step series: 1 (none) below 100 points,
+    else about a twentieth of the series, so a few hundred RL steps read as a trend."""
+    return 1 if num_points < 100 else num_points // 20
+
+
+def rolling_mean(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean of ``values`` over ``window`` points (fewer at the start), same length."""
+    sums = [0.0]
+    for v in values:
+        sums.append(sums[-1] + v)
+    return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(i + 1, window) for i in range(len(values))]
+
+
 def plot_panels(
     panels: dict[str, Curves],
     title: str,
@@ -129,7 +143,8 @@ def plot_panels(
     restarts: Sequence[int] = (),
     ncols: int = 3,
 ) -> Figure:
-    """A figure with one axes per panel: its series against the global step, with a legend.
+    """A figure with one axes per panel: its series against the global step, with a legend. A series
+    of 100 points or more is drawn faint, under its trailing mean (:func:`smoothing_window`).
 
     Args:
         panels: ``{panel title: {series name: {step: value}}}``.
@@ -147,9 +162,19 @@ def plot_panels(
     for ax, (panel, curves) in zip(axes, panels.items(), strict=False):
         for name, points in curves.items():
             steps, values = zip(*points.items(), strict=True)
+            window = smoothing_window(len(steps))
             (line,) = ax.plot(
-                steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=name
+                steps,
+                values,
+                marker="o" if len(steps) < 30 else None,
+                markersize=3,
+                label=name if window == 1 else None,
+                alpha=1.0 if window == 1 else 0.3,
+                linewidth=1.5 if window == 1 else 0.8,
             )
+            if window > 1:
+                ax.plot(steps, rolling_mean(values, window), color=line.get_color(),
+                        label=f"{name} (mean of {window})")  # fmt: skip
             for baseline, value in references.get(name, {}).items():
                 ax.axhline(value, color=line.get_color(), linestyle="--", linewidth=1, label=baseline)
         values = [v for points in curves.values() for v in points.values()]
