@@ -3,13 +3,14 @@
 import csv
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from pairs import colour_pairs, fit_config
 
-from mmfuse.training.pipeline import Pipeline, RecipeError, fingerprint, load_recipe, main
+from mmfuse.training.pipeline import Pipeline, RecipeError, _call, fingerprint, load_recipe, main
 
 REPO = Path(__file__).resolve().parents[2]
 DPO = "mmfuse.training.stages.dpo.DirectPreferenceOptimization"
@@ -187,3 +188,12 @@ def test_a_pipeline_killed_in_a_stage_resumes_it_at_its_step_and_never_reruns_a_
     assert steps == [[0, 1, 2], [2, 3]]  # killed at step 3; resumed from step 2's checkpoint
     assert (pipe / "soup" / "merged.ckpt").exists()
     assert list((pipe / "soup_eval").rglob("eval.json"))
+
+
+def test_a_running_stage_reports_its_wall_time_while_it_runs():
+    """The pipeline writes a stage's wall time as it goes, so a pipeline killed mid-stage keeps it."""
+    ticks = []
+    status = _call(
+        [sys.executable, "-c", "import time; time.sleep(0.5)"], every_s=0.1, tick=lambda: ticks.append(1)
+    )
+    assert status == 0 and 2 <= len(ticks) <= 6

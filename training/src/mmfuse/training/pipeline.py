@@ -35,7 +35,8 @@ not the end of training). Either path is known before the stage runs. Other comm
 ``checkpoint``.
 
 State lives in ``DIRECTORY/pipeline.json`` (read by ``mmfuse report``): per stage its status
-(pending, running, done, failed, submitted), fingerprint, starts, wall time and checkpoint.
+(pending, running, done, failed, submitted), fingerprint, starts, wall time (summed over its starts,
+written every 10 s while it runs, so a killed pipeline keeps it) and checkpoint.
 
 * **Resumable stage by stage.** A ``done`` stage whose fingerprint is unchanged is never rerun. An
   unfinished ``fit`` stage (killed, failed) restarts with ``--ckpt_path last``: Lightning restores
@@ -66,7 +67,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +78,7 @@ LIGHTNING_RUNS = ("fit", "validate", "eval")
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)(\.dir)?\}")
 _YAML_PATH = re.compile(r"[\w./-]+\.ya?ml$")
 _MAIN = "from mmfuse.training.cli import main; main()"
+_SAVE_EVERY_S = 10.0  # how often a running stage's wall time is written to pipeline.json
 FIT_SBATCH = Path("training/slurm/fit.sbatch")
 
 
@@ -354,9 +356,7 @@ class Pipeline:
             entry.update(status="running", starts=entry["starts"] + 1)
             self.save()
             print(f"[pipeline] {stage.name}: mmfuse {shlex.join(argv)}", flush=True)
-            start = time.perf_counter()
-            status = _call([sys.executable, "-c", _MAIN, *argv])
-            entry["wall_s"] = round(entry["wall_s"] + time.perf_counter() - start, 1)
+            status = self._timed_call(entry, [sys.executable, "-c", _MAIN, *argv])
             entry["status"] = "done" if status == 0 else "failed"
             self.save()
             if status != 0:
@@ -367,6 +367,19 @@ class Pipeline:
         self.save()
         print(f"[pipeline] finished; `mmfuse report {self.recipe.directory}` for the report")
         return 0
+
+    def _timed_call(self, entry: dict, argv: list[str]) -> int:
+        """Run a stage's process, adding its wall time to ``entry`` (saved as it runs, so a pipeline
+        killed mid-stage keeps it); returns the exit status."""
+        start, before = time.perf_counter(), entry["wall_s"]
+
+        def record() -> None:
+            entry["wall_s"] = round(before + time.perf_counter() - start, 1)
+            self.save()
+
+        status = _call(argv, every_s=_SAVE_EVERY_S, tick=record)
+        record()
+        return status
 
     def submit(self, dry_run: bool = False) -> int:
         """Submit every stage not done as a SLURM job chained on the jobs it references."""
@@ -422,12 +435,17 @@ def _file_digest(path: str) -> str:
     return digest.hexdigest()
 
 
-def _call(argv: list[str]) -> int:
-    """Run a stage's process; a SIGTERM to the pipeline is passed on to it (so it checkpoints)."""
+def _call(argv: list[str], every_s: float, tick: Callable[[], None]) -> int:
+    """Run a stage's process, calling ``tick`` every ``every_s`` seconds while it runs; a SIGTERM to the
+    pipeline is passed on to it (so it checkpoints)."""
     child = subprocess.Popen(argv)
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
     try:
-        return child.wait()
+        while True:
+            try:
+                return child.wait(timeout=every_s)
+            except subprocess.TimeoutExpired:
+                tick()
     finally:
         signal.signal(signal.SIGTERM, previous)
 
