@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from mmfuse.training.checkpoint import AtomicCheckpointIO, atomic_torch_save
+from mmfuse.training.checkpoint import ModelCheckpoint as MmfuseModelCheckpoint
 
 # Both checkpoints are built in the parent: after a fork, the child must run no intra-op parallel
 # kernel (the parent's OpenMP pool does not survive the fork), and torch.save runs none.
@@ -117,3 +118,16 @@ def test_trainer_saves_through_the_plugin(tmp_path: Path) -> None:
     assert isinstance(trainer.strategy.checkpoint_io, Recording)
     assert saved == ["epoch=0-step=2.ckpt", "last.ckpt", "epoch=0-step=4.ckpt", "last.ckpt"]
     assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+@pytest.mark.parametrize("checkpoint_class", [ModelCheckpoint, MmfuseModelCheckpoint])
+def test_last_ckpt_holds_the_final_step_on_a_step_schedule(tmp_path: Path, checkpoint_class) -> None:
+    """Lightning's ModelCheckpoint(every_n_train_steps=2) leaves last.ckpt at step 4 of a 5-step run;
+    mmfuse's writes the final step's."""
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, max_steps=5, limit_val_batches=0, logger=False, enable_progress_bar=False,
+        callbacks=[checkpoint_class(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True)],
+    )  # fmt: skip
+    trainer.fit(BoringModel())
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == (4 if checkpoint_class is ModelCheckpoint else 5)

@@ -1,4 +1,6 @@
-"""Crash-safe checkpoint writes: a kill at any moment leaves either the old or the new file, whole.
+"""Checkpoint writing: crash-safe files, and a ``last.ckpt`` of every run's final step.
+
+A kill at any moment leaves either the old or the new file, whole.
 
 Lightning's :class:`~lightning.pytorch.plugins.io.TorchCheckpointIO` serialises to memory and then
 commits through an fsspec transaction whose temporary file lives in the system temp directory
@@ -10,7 +12,8 @@ bytes of a checkpoint whose name already exists.
 
 :class:`AtomicCheckpointIO` writes into a temporary file in the *same directory* as the target,
 ``fsync``-s it, renames it over the target with :func:`os.replace` (atomic on POSIX within one
-filesystem) and ``fsync``-s the directory so the rename itself is durable.
+filesystem) and ``fsync``-s the directory so the rename itself is durable. :class:`ModelCheckpoint`
+adds the final ``last.ckpt`` that Lightning skips when it saves on a step schedule.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
@@ -100,4 +105,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, fs._strip_protocol(str(path)))  # "file:///a" -> "/a"
 
 
-__all__ = ["AtomicCheckpointIO", "atomic_torch_save"]
+class ModelCheckpoint(LightningModelCheckpoint):
+    """Lightning's :class:`~lightning.pytorch.callbacks.ModelCheckpoint` that also writes ``last.ckpt``
+    when training ends off its schedule.
+
+    With ``every_n_train_steps`` set, Lightning saves only on those steps (its ``on_train_end`` saves
+    ``last.ckpt`` only when none was ever written), so a run of 1,827 steps saving every 50 ended with a
+    ``last.ckpt`` of step 1,800: the last 27 steps' weights were lost to ``init_from`` and the
+    pipeline. Like the Hugging Face Trainer since transformers#30160, a final ``last.ckpt`` is written
+    at the end of training when the latest save was not at the final step (``save_last`` on).
+    """
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        behind = self._last_global_step_saved != trainer.global_step
+        if self.save_last and behind and not trainer.fast_dev_run:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_end(trainer, pl_module)
+
+
+__all__ = ["AtomicCheckpointIO", "ModelCheckpoint", "atomic_torch_save"]

@@ -5,7 +5,8 @@
 Every stage is a LightningModule and every dataset a LightningDataModule chosen in YAML by
 ``class_path`` / ``init_args`` (one config system: jsonargparse). Defaults added here:
 
-* ``checkpoint``: a ``ModelCheckpoint`` keeping ``last.ckpt`` and the best by ``checkpoint.monitor``,
+* ``checkpoint``: a ``ModelCheckpoint`` (:class:`~mmfuse.training.checkpoint.ModelCheckpoint`: ``last.ckpt``
+  always of the final step) keeping ``last.ckpt`` and the best by ``checkpoint.monitor``,
   in ``<trainer.default_root_dir>/checkpoints`` (one directory for every start of a run, so
   ``--ckpt_path last`` finds the previous start's checkpoint);
 * checkpoints written atomically (:class:`~mmfuse.training.checkpoint.AtomicCheckpointIO`) unless
@@ -37,7 +38,6 @@ import os
 import sys
 
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from mmfuse.training.callbacks.guards import NonFiniteLossGuard
@@ -46,6 +46,7 @@ from mmfuse.training.callbacks.requeue import RequeueOnSignal
 from mmfuse.training.callbacks.rng import RngStateCheckpoint
 from mmfuse.training.callbacks.stop import ValidateOnStop
 from mmfuse.training.callbacks.throughput import MeasuredThroughputMonitor
+from mmfuse.training.checkpoint import ModelCheckpoint
 
 
 class MmfuseCLI(LightningCLI):
