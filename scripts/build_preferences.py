@@ -17,11 +17,8 @@ with its media, ``chosen`` the reference answer, ``rejected`` a hard negative, t
   confusions, e.g. "the digit one" for "the digit seven". A wrong answer that answers nothing (an
   undertrained model's "the digit" or "aaaa moving up") is no hard negative and is not used. The
   answers files do not name the media item, so a confusion is per reference;
-* ``direction`` or ``object`` (video/motion, a seeded half each): the same object moving another way
-  ("... moving left" for "... moving right"; the clips of opposite directions are the same frames in
-  reverse order), or another object of the same source moving the same way ("the digit one moving up"
-  for "the digit seven moving up"), the confusion the SFT model makes most: it reads the direction
-  of 97% of held-out clips right and the object of 45%;
+* ``direction`` (video/motion): the same object moving another way ("... moving left" for "... moving
+  right"; the clips of opposite directions are the same frames in reverse order);
 * ``caption`` (image/caption, audio/transcript): another answer of the same kind and source (another
   digit caption, another photo's object, another stamp's description, another transcript);
 * ``gloss`` (text/definition): another word's gloss, of the same part of speech when there is one;
@@ -72,10 +69,7 @@ def rule_negative(
     """``(negative type, rejected answer)`` of a kind's rule (module docstring)."""
     if kind == "video/motion":
         thing, _, direction = answer.rpartition(" moving ")
-        if rng.random() < 0.5:
-            return "direction", f"{thing} moving {rng.choice([d for d in DIRECTIONS if d != direction])}"
-        same_way = [a for a in pools[kind, source] if a != answer and a.endswith(f" moving {direction}")]
-        return "object", rng.choice(same_way)
+        return "direction", f"{thing} moving {rng.choice([d for d in DIRECTIONS if d != direction])}"
     if kind == "image/digit":
         return "digit", rng.choice([d for d in DIGITS if d != answer])
     if kind == "text/definition":
