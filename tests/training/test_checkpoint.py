@@ -14,8 +14,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from mmfuse.training.checkpoint import AtomicCheckpointIO, atomic_torch_save
-from mmfuse.training.checkpoint import ModelCheckpoint as MmfuseModelCheckpoint
+from mmfuse.training.checkpoint import AtomicCheckpointIO, FinalStepCheckpoint, atomic_torch_save
 
 # Both checkpoints are built in the parent: after a fork, the child must run no intra-op parallel
 # kernel (the parent's OpenMP pool does not survive the fork), and torch.save runs none.
@@ -120,7 +119,7 @@ def test_trainer_saves_through_the_plugin(tmp_path: Path) -> None:
     assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 4
 
 
-@pytest.mark.parametrize("checkpoint_class", [ModelCheckpoint, MmfuseModelCheckpoint])
+@pytest.mark.parametrize("checkpoint_class", [ModelCheckpoint, FinalStepCheckpoint])
 def test_last_ckpt_holds_the_final_step_on_a_step_schedule(tmp_path: Path, checkpoint_class) -> None:
     """Lightning's ModelCheckpoint(every_n_train_steps=2) leaves last.ckpt at step 4 of a 5-step run;
     mmfuse's writes the final step's."""

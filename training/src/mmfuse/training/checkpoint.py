@@ -12,7 +12,7 @@ bytes of a checkpoint whose name already exists.
 
 :class:`AtomicCheckpointIO` writes into a temporary file in the *same directory* as the target,
 ``fsync``-s it, renames it over the target with :func:`os.replace` (atomic on POSIX within one
-filesystem) and ``fsync``-s the directory so the rename itself is durable. :class:`ModelCheckpoint`
+filesystem) and ``fsync``-s the directory so the rename itself is durable. :class:`FinalStepCheckpoint`
 adds the final ``last.ckpt`` that Lightning skips when it saves on a step schedule.
 """
 
@@ -29,7 +29,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
-from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
@@ -105,7 +105,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, fs._strip_protocol(str(path)))  # "file:///a" -> "/a"
 
 
-class ModelCheckpoint(LightningModelCheckpoint):
+class FinalStepCheckpoint(ModelCheckpoint):
     """Lightning's :class:`~lightning.pytorch.callbacks.ModelCheckpoint` that also writes ``last.ckpt``
     when training ends off its schedule.
 
@@ -113,7 +113,8 @@ class ModelCheckpoint(LightningModelCheckpoint):
     ``last.ckpt`` only when none was ever written), so a run of 1,827 steps saving every 50 ended with a
     ``last.ckpt`` of step 1,800: the last 27 steps' weights were lost to ``init_from`` and the
     pipeline. Like the Hugging Face Trainer since transformers#30160, a final ``last.ckpt`` is written
-    at the end of training when the latest save was not at the final step (``save_last`` on).
+    at the end of training when the latest save was not at the final step (``save_last`` on). Its own
+    name keeps ``trainer.callbacks: [ModelCheckpoint]`` unambiguous to jsonargparse.
     """
 
     @override
@@ -124,4 +125,4 @@ class ModelCheckpoint(LightningModelCheckpoint):
         super().on_train_end(trainer, pl_module)
 
 
-__all__ = ["AtomicCheckpointIO", "ModelCheckpoint", "atomic_torch_save"]
+__all__ = ["AtomicCheckpointIO", "FinalStepCheckpoint", "atomic_torch_save"]

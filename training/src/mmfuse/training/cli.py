@@ -5,8 +5,8 @@
 Every stage is a LightningModule and every dataset a LightningDataModule chosen in YAML by
 ``class_path`` / ``init_args`` (one config system: jsonargparse). Defaults added here:
 
-* ``checkpoint``: a ``ModelCheckpoint`` (:class:`~mmfuse.training.checkpoint.ModelCheckpoint`: ``last.ckpt``
-  always of the final step) keeping ``last.ckpt`` and the best by ``checkpoint.monitor``,
+* ``checkpoint``: a ``ModelCheckpoint`` (:class:`~mmfuse.training.checkpoint.FinalStepCheckpoint`:
+  ``last.ckpt`` always of the final step) keeping ``last.ckpt`` and the best by ``checkpoint.monitor``,
   in ``<trainer.default_root_dir>/checkpoints`` (one directory for every start of a run, so
   ``--ckpt_path last`` finds the previous start's checkpoint);
 * checkpoints written atomically (:class:`~mmfuse.training.checkpoint.AtomicCheckpointIO`) unless
@@ -46,14 +46,14 @@ from mmfuse.training.callbacks.requeue import RequeueOnSignal
 from mmfuse.training.callbacks.rng import RngStateCheckpoint
 from mmfuse.training.callbacks.stop import ValidateOnStop
 from mmfuse.training.callbacks.throughput import MeasuredThroughputMonitor
-from mmfuse.training.checkpoint import ModelCheckpoint
+from mmfuse.training.checkpoint import FinalStepCheckpoint
 
 
 class MmfuseCLI(LightningCLI):
     """LightningCLI with mmfuse's checkpoint and logger defaults."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FinalStepCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.mode": "max"})
         parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite")
         parser.add_lightning_class_args(RequeueOnSignal, "requeue")

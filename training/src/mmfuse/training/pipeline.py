@@ -30,7 +30,7 @@ the stage's own. A LightningCLI stage (``run`` ``fit``, the default, ``validate`
 (``DIRECTORY/<name>/recipe-layer.yaml``, the last ``--config``). A ``fit`` stage's chosen checkpoint is
 ``checkpoints/best.ckpt`` when its configs set ``checkpoint.monitor`` (the pipeline sets
 ``checkpoint.filename=best``: one kept, no ``-v1`` copies), else ``checkpoints/last.ckpt``, the final
-step's weights (:class:`mmfuse.training.checkpoint.ModelCheckpoint` writes it at the end of training
+step's weights (:class:`mmfuse.training.checkpoint.FinalStepCheckpoint` writes it at the end of training
 even off the periodic schedule; with no monitor, Lightning's top-1 "best" is the last periodic save).
 Either path is known before the stage runs. Other commands name theirs with ``checkpoint``.
 
