@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import re
@@ -130,9 +131,7 @@ def smoothing_window(num_points: int) -> int:
 
 def rolling_mean(values: Sequence[float], window: int) -> list[float]:
     """Trailing mean of ``values`` over ``window`` points (fewer at the start), same length."""
-    sums = [0.0]
-    for v in values:
-        sums.append(sums[-1] + v)
+    sums = list(itertools.accumulate(values, initial=0.0))
     return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(i + 1, window) for i in range(len(values))]
 
 
