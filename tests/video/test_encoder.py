@@ -137,6 +137,14 @@ def test_frame_tower_weights_load_from_an_alignment_checkpoint(tmp_path):
         load_media_encoder_state(tmp_path / "last.ckpt", prefix="audio_encoder.")
 
 
+def test_a_frozen_frame_tower_gets_no_gradient_and_the_temporal_model_does():
+    encoder = VideoEncoder(frame_tower(), TemporalTransformer(32), tokens="patch", freeze_frame_encoder=True)
+    x, mask = clips([6, 3])
+    encoder(x, mask).square().sum().backward()
+    assert all(p.grad is None for p in encoder.frame_encoder.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.temporal.parameters())
+
+
 def test_temporal_width_must_match_the_tokens():
     with pytest.raises(ValueError, match="temporal width 32 != frame token width 24"):
         VideoEncoder(frame_tower(), TemporalTransformer(32), tokens="frame")

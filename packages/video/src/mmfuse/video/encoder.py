@@ -49,6 +49,9 @@ class VideoEncoder(MediaEncoder):
             whose ``visual.patch_dropout`` slot it takes.
         frame_checkpoint: a Lightning checkpoint of an image-text alignment whose
             ``media_encoder.*`` weights are loaded into ``frame_encoder`` (strictly).
+        freeze_frame_encoder: keep the frame tower's weights fixed (``requires_grad=False``), as
+            open_clip's ``--lock-image`` and LiT (Zhai et al. 2022): only the temporal model and
+            the projection learn, and no backward runs through the frames.
 
     Raises:
         ValueError: for a frame tower with other than one input, a temporal width that is not
@@ -65,6 +68,7 @@ class VideoEncoder(MediaEncoder):
         embed_dim: int | None = None,
         tube_mask_ratio: float = 0.0,
         frame_checkpoint: str | Path | None = None,
+        freeze_frame_encoder: bool = False,
     ) -> None:
         super().__init__()
         if len(frame_encoder.input_names) != 1:
@@ -73,6 +77,7 @@ class VideoEncoder(MediaEncoder):
             raise ValueError(f"tokens must be 'frame' or 'patch', got {tokens!r}")
         if frame_checkpoint is not None:
             frame_encoder.load_state_dict(load_media_encoder_state(frame_checkpoint))
+        frame_encoder.requires_grad_(not freeze_frame_encoder)
         self.frame_encoder = frame_encoder
         self.tokens = tokens
         self.hidden_size = frame_encoder.embed_dim if tokens == "frame" else frame_encoder.hidden_size
