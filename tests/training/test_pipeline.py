@@ -36,9 +36,10 @@ def test_the_assistant_recipe_loads_and_chains_every_stage_on_an_earlier_one(mon
     monkeypatch.chdir(REPO)
     recipe = load_recipe(REPO / "training/recipes/assistant.yaml")
     names = [s.name for s in recipe.stages]
-    assert names[:4] == ["align_image", "align_audio", "align_video", "sft"]
+    assert names[:5] == ["align_image", "align_frames", "align_audio", "align_video", "sft"]
+    assert recipe.stage("align_video").references() == ["align_frames"]  # its frame encoder
     for stage in recipe.stages[3:]:
-        assert stage.references(), stage.name  # every stage after the alignments starts from one
+        assert stage.references(), stage.name  # every stage after the first alignments starts from one
     sft = recipe.stage("sft")
     assert sft.references() == ["align_image", "align_audio", "align_video"]
     layer = recipe.substitute(sft.set, sft)
