@@ -29,7 +29,7 @@ def shrink(model: dict) -> None:
         for m in model["towers"]
     }
     towers["image"]["init_args"] = TINY_VIT
-    towers["video"]["init_args"]["frame_encoder"]["init_args"] = TINY_VIT
+    towers["video"]["init_args"]["frame_encoder"] = towers["image"]  # the video tower's frames: image.yaml
     towers["video"]["init_args"]["temporal"]["init_args"].update(width=16, num_layers=1, num_heads=2)
     towers["audio"]["init_args"].update(hidden_size=32, num_layers=1, num_heads=2, ffn_dim=64)
     model["towers"] = towers
