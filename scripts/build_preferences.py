@@ -26,8 +26,10 @@ with its media, ``chosen`` the reference answer, ``rejected`` a hard negative, t
 
 Held-out pairs come from held-out questions only (their prompts and chosen answers; a rejected
 answer may be any answer of the kind). Every random choice is seeded by the question's key, so a
-rebuild with the same inputs writes the same bytes. ``--max-per-kind`` caps the training pairs of a
-kind (a seeded choice) to keep the committed shards small.
+rebuild with the same inputs writes the same bytes. ``--max-per-kind`` caps the training questions of
+a kind (a seeded choice) to keep the committed shards small. ``--negatives N`` makes up to N training
+pairs per question, each with another rejected answer (its confusions first, then its kind's rule);
+held-out questions keep one pair, so the held-out set does not change with it.
 """
 
 from __future__ import annotations
@@ -79,8 +81,12 @@ def rule_negative(
     return "caption", rng.choice([a for a in pools[kind, source] if a != answer])
 
 
-def pairs(samples: list[tuple[str, dict]], split: str, wrong: dict, kinds: set[str], seed: int) -> list[dict]:
-    """The preference samples of one split (module docstring)."""
+def pairs(
+    samples: list[tuple[str, dict]], split: str, wrong: dict, kinds: set[str], seed: int, negatives: int = 1
+) -> list[list[dict]]:
+    """The preference samples of one split, per question (module docstring): up to ``negatives`` pairs,
+    each with another rejected answer (its confusions first, then its kind's rule); the first pair's
+    key is the question's, the others' ``{key}-{i}``."""
     pools: dict[tuple[str, str | None], set[str]] = defaultdict(set)
     for _, raw in samples:  # every split's answers: a rejected answer need not be held out
         record = json.loads(raw["json"])
@@ -101,18 +107,29 @@ def pairs(samples: list[tuple[str, dict]], split: str, wrong: dict, kinds: set[s
         if sample_split != split or kind not in kinds:
             continue
         key, (user, assistant) = raw["__key__"], record["messages"]
-        rng = random.Random(f"{seed}-{key}")
-        if wrong.get((kind, assistant["content"])):
-            negative, rejected = "confusion", rng.choice(wrong[kind, assistant["content"]])
-        else:
-            negative, rejected = rule_negative(
-                kind, assistant["content"], record["source"], _text(user), pools, rng
-            )
-        rejected_turn = {"role": "assistant", "content": rejected}
-        pair = {"prompt": [user], "chosen": [assistant], "rejected": [rejected_turn], "kind": kind,
-                "source": record["source"], "negative": negative}  # fmt: skip
         media = {k: v for k, v in raw.items() if k not in ("__key__", "json")}
-        out.append({"__key__": key, "json": pair, **media})
+        rng = random.Random(f"{seed}-{key}")
+        confused = list(wrong.get((kind, assistant["content"]), ()))
+        made: list[str] = []
+        out.append([])
+        for _ in range(8 * negatives):  # distinct negatives; a kind's rule may repeat one
+            if len(made) == negatives:
+                break
+            if confused:
+                negative, rejected = "confusion", confused.pop(confused.index(rng.choice(confused)))
+            else:
+                negative, rejected = rule_negative(
+                    kind, assistant["content"], record["source"], _text(user), pools, rng
+                )
+            if rejected in made:
+                continue
+            made.append(rejected)
+            rejected_turn = {"role": "assistant", "content": rejected}
+            pair = {"prompt": [user], "chosen": [assistant], "rejected": [rejected_turn], "kind": kind,
+                    "source": record["source"], "negative": negative}  # fmt: skip
+            out[-1].append(
+                {"__key__": key if len(made) == 1 else f"{key}-{len(made) - 1}", "json": pair, **media}
+            )
     return out
 
 
@@ -121,16 +138,16 @@ def _text(message: dict) -> str:
     return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
 
 
-def cap(samples: list[dict], max_per_kind: int | None, seed: int) -> list[dict]:
-    """At most ``max_per_kind`` samples of each kind, a seeded choice, in key order."""
-    by_kind: dict[str, list[dict]] = defaultdict(list)
-    for s in sorted(samples, key=lambda s: s["__key__"]):
-        by_kind[s["json"]["kind"]].append(s)
+def cap(questions: list[list[dict]], max_per_kind: int | None, seed: int) -> list[dict]:
+    """The pairs of at most ``max_per_kind`` questions of each kind, a seeded choice, in key order."""
+    by_kind: dict[str, list[list[dict]]] = defaultdict(list)
+    for q in sorted(questions, key=lambda q: q[0]["__key__"]):
+        by_kind[q[0]["json"]["kind"]].append(q)
     kept = []
     for kind, group in sorted(by_kind.items()):
         if max_per_kind is not None and len(group) > max_per_kind:
             group = random.Random(f"{seed}-{kind}").sample(group, max_per_kind)
-        kept += group
+        kept += [s for q in group for s in q]
     return sorted(kept, key=lambda s: s["__key__"])
 
 
@@ -146,7 +163,9 @@ def main() -> None:
     parser.add_argument("--answers", action="append", default=[], metavar="SPLIT=PATH",
                         help="the SFT model's answers file of a split (train=..., val=...)")  # fmt: skip
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), help="the question kinds to make pairs of")
-    parser.add_argument("--max-per-kind", type=int, default=800, help="training pairs kept per kind")
+    parser.add_argument("--max-per-kind", type=int, default=800, help="training questions kept per kind")
+    parser.add_argument("--negatives", type=int, default=1,
+                        help="training pairs per question, each with another rejected answer")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "data" / "preferences")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -164,12 +183,12 @@ def main() -> None:
     for split, num_shards in (("train", 4), ("val", 2)):
         wrong = confusions(Path(answers[split]) if split in answers else None, kind_answers)
         print(f"{split}: {sum(map(len, wrong.values()))} confusions with another answer of the kind")
-        made = pairs(samples, split, wrong, set(args.kinds), args.seed)
-        made = (
-            cap(made, args.max_per_kind, args.seed)
-            if split == "train"
-            else sorted(made, key=lambda s: s["__key__"])
-        )
+        if split == "train":
+            made = cap(pairs(samples, split, wrong, set(args.kinds), args.seed, args.negatives),
+                       args.max_per_kind, args.seed)  # fmt: skip
+        else:  # one pair per held-out question
+            made = sorted((q[0] for q in pairs(samples, split, wrong, set(args.kinds), args.seed)),
+                          key=lambda s: s["__key__"])  # fmt: skip
         write_split(made, args.out, split, num_shards, args.seed)
         counts.update(f"{split} {s['json']['kind']} {s['json']['negative']}" for s in made)
     print(json.dumps(dict(sorted(counts.items())), indent=1))
