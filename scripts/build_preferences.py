@@ -116,7 +116,8 @@ def pairs(
             if len(made) == negatives:
                 break
             if confused:
-                negative, rejected = "confusion", confused.pop(confused.index(rng.choice(confused)))
+                negative, rejected = "confusion", rng.choice(confused)
+                confused.remove(rejected)
             else:
                 negative, rejected = rule_negative(
                     kind, assistant["content"], record["source"], _text(user), pools, rng
@@ -183,12 +184,13 @@ def main() -> None:
     for split, num_shards in (("train", 4), ("val", 2)):
         wrong = confusions(Path(answers[split]) if split in answers else None, kind_answers)
         print(f"{split}: {sum(map(len, wrong.values()))} confusions with another answer of the kind")
-        if split == "train":
-            made = cap(pairs(samples, split, wrong, set(args.kinds), args.seed, args.negatives),
-                       args.max_per_kind, args.seed)  # fmt: skip
-        else:  # one pair per held-out question
-            made = sorted((q[0] for q in pairs(samples, split, wrong, set(args.kinds), args.seed)),
-                          key=lambda s: s["__key__"])  # fmt: skip
+        negatives = args.negatives if split == "train" else 1  # one pair per held-out question
+        questions = pairs(samples, split, wrong, set(args.kinds), args.seed, negatives)
+        made = (
+            cap(questions, args.max_per_kind, args.seed)
+            if split == "train"
+            else sorted((s for q in questions for s in q), key=lambda s: s["__key__"])
+        )
         write_split(made, args.out, split, num_shards, args.seed)
         counts.update(f"{split} {s['json']['kind']} {s['json']['negative']}" for s in made)
     print(json.dumps(dict(sorted(counts.items())), indent=1))
