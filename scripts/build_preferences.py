@@ -1,35 +1,42 @@
 """Build the embedded preference set (``data/preferences``) from the embedded instruction set.
 
-Run ``uv run python scripts/build_preferences.py --answers val=VAL.jsonl --answers train=TRAIN.jsonl``
-(seconds). It reads ``data/instructions/{train,val}-*.tar.gz`` and, when given, the SFT model's answers
-files (:class:`~mmfuse.training.callbacks.generation.GenerationEval`'s ``answers-epoch=E.jsonl``: one
+Run ``uv run python scripts/build_preferences.py`` (seconds). It reads
+``data/instructions/{train,val}-*.tar.gz`` and the SFT model's confusions of each split: the committed
+``data/preferences/confusions-{split}.jsonl``, or an answers file given as ``--answers split=PATH``
+(:class:`~mmfuse.training.callbacks.generation.GenerationEval`'s ``answers-epoch=E.jsonl``: one
 ``{"kind", "question", "reference", "answer", "correct"}`` per question; ``train=`` one written by
-``mmfuse validate`` with the training shards as ``val_shards``). Output:
-``data/preferences/{train,val}-00000N.tar.gz``, webdataset shards of TRL explicit-prompt preference
-pairs (:mod:`mmfuse.training.data.preference`): ``{key}.json`` -> ``{"prompt", "chosen", "rejected",
-"kind", "source", "negative"}`` and the prompt's media bytes as ``{key}.{modality}_0.{ext}``.
+``mmfuse eval`` with the training shards as ``val_shards``). Output, in ``--out``:
+``{train,val}-00000N.tar.gz``, webdataset shards of TRL explicit-prompt preference pairs
+(:mod:`mmfuse.training.data.preference`): ``{key}.json`` -> ``{"prompt", "chosen", "rejected", "kind",
+"source", "negative"}`` and the prompt's media bytes as ``{key}.{modality}_0.{ext}``; and the
+confusions it used, ``confusions-{split}.jsonl`` (one ``{"kind", "reference", "answer"}`` per
+distinct wrong answer, an answers file reduced to what is read), so a rebuild needs no run output.
 
-One pair per instruction question of the targeted kinds (``--kinds``): the prompt is the question
+Pairs of the instruction questions of the targeted kinds (``--kinds``): the prompt is the question
 with its media, ``chosen`` the reference answer, ``rejected`` a hard negative, the first that exists:
 
 * ``confusion``: a wrong answer the SFT model gave to a question of the same kind and reference in
-  the *same split* (its answers file of that split) that is itself an answer of that kind: its real
-  confusions, e.g. "the digit one" for "the digit seven". A wrong answer that answers nothing (an
-  undertrained model's "the digit" or "aaaa moving up") is no hard negative and is not used. The
-  answers files do not name the media item, so a confusion is per reference;
-* ``direction`` (video/motion): the same object moving another way ("... moving left" for "... moving
-  right"; the clips of opposite directions are the same frames in reverse order);
-* ``caption`` (image/caption, audio/transcript): another answer of the same kind and source (another
-  digit caption, another photo's object, another stamp's description, another transcript);
-* ``gloss`` (text/definition): another word's gloss, of the same part of speech when there is one;
-* ``digit`` (image/digit): another number word.
+  the *same split* that is itself an answer of that kind: its real confusions, e.g. "the digit one"
+  for "the digit seven". A wrong answer that answers nothing (an undertrained model's "the digit" or
+  "aaaa moving up") is no hard negative and is not used. The answers files do not name the media
+  item, so a confusion is per reference;
+* else the kind's rule:
 
-Held-out pairs come from held-out questions only (their prompts and chosen answers; a rejected
-answer may be any answer of the kind). Every random choice is seeded by the question's key, so a
-rebuild with the same inputs writes the same bytes. ``--max-per-kind`` caps the training questions of
-a kind (a seeded choice) to keep the committed shards small. ``--negatives N`` makes up to N training
-pairs per question, each with another rejected answer (its confusions first, then its kind's rule);
-held-out questions keep one pair, so the held-out set does not change with it.
+  * ``direction`` (video/motion): the same object moving another way ("... moving left" for
+    "... moving right"; the clips of opposite directions are the same frames in reverse order),
+    alternating over a question's rule-made negatives with ``object``: another object of the source
+    moving the same way (the SFT model's own motion errors are wrong objects);
+  * ``caption`` (image/caption, audio/transcript): another answer of the same kind and source
+    (another digit caption, another photo's object, another stamp's description, another transcript);
+  * ``gloss`` (text/definition): another word's gloss, of the same part of speech when there is one;
+  * ``digit`` (image/digit): another number word.
+
+``--negatives N`` (3) makes up to N training pairs per question, each with another rejected answer
+(its confusions first, then its kind's rule; the first pair's key is the question's, the others'
+``{key}-{i}``). Held-out pairs come from held-out questions only, one per question (their prompts and
+chosen answers; a rejected answer may be any answer of the kind). Every random choice is seeded by the
+question's key, so a rebuild with the same inputs writes the same bytes. ``--max-per-kind`` caps the
+training questions of a kind (a seeded choice) to keep the committed shards small.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from build_instructions import read_shards
 from mmfuse.training.data.preference import write_preference_shard
 
 REPO = Path(__file__).resolve().parents[1]
+CONFUSIONS = REPO / "data" / "preferences"  # the committed confusions-{split}.jsonl
 DIRECTIONS = ("left", "right", "up", "down")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 KINDS = ("image/caption", "video/motion", "text/definition")
@@ -65,12 +73,24 @@ def confusions(path: Path | None, answers: dict[str, set[str]]) -> dict[tuple[st
     return {k: sorted(v) for k, v in wrong.items()}
 
 
+def write_confusions(path: Path, wrong: dict[tuple[str, str], list[str]]) -> None:
+    """The confusions as a reduced answers file, one sorted ``{"kind", "reference", "answer"}`` line
+    per distinct wrong answer: what :func:`confusions` reads back unchanged."""
+    lines = [json.dumps({"kind": k, "reference": r, "answer": a}) for (k, r), wrong_answers in
+             sorted(wrong.items()) for a in wrong_answers]  # fmt: skip
+    path.write_text("".join(line + "\n" for line in lines))
+
+
 def rule_negative(
-    kind: str, answer: str, source: str, question: str, pools: dict, rng: random.Random
+    kind: str, answer: str, source: str, question: str, pools: dict, rng: random.Random, turn: int = 0
 ) -> tuple:
-    """``(negative type, rejected answer)`` of a kind's rule (module docstring)."""
+    """``(negative type, rejected answer)`` of a kind's rule (module docstring); ``turn`` counts a
+    question's rule-made draws: a motion question's odd ones are another object moving the same way."""
     if kind == "video/motion":
         thing, _, direction = answer.rpartition(" moving ")
+        if turn % 2:
+            same_way = [a for a in pools[kind, source] if a != answer and a.endswith(f" moving {direction}")]
+            return "object", rng.choice(same_way)
         return "direction", f"{thing} moving {rng.choice([d for d in DIRECTIONS if d != direction])}"
     if kind == "image/digit":
         return "digit", rng.choice([d for d in DIGITS if d != answer])
@@ -112,6 +132,7 @@ def pairs(
         confused = list(wrong.get((kind, assistant["content"]), ()))
         made: list[str] = []
         out.append([])
+        ruled = 0  # rule-made draws
         for _ in range(8 * negatives):  # distinct negatives; a kind's rule may repeat one
             if len(made) == negatives:
                 break
@@ -120,8 +141,9 @@ def pairs(
                 confused.remove(rejected)
             else:
                 negative, rejected = rule_negative(
-                    kind, assistant["content"], record["source"], _text(user), pools, rng
+                    kind, assistant["content"], record["source"], _text(user), pools, rng, ruled
                 )
+                ruled += 1
             if rejected in made:
                 continue
             made.append(rejected)
@@ -162,10 +184,11 @@ def write_split(samples: list[dict], out_dir: Path, split: str, num_shards: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--answers", action="append", default=[], metavar="SPLIT=PATH",
-                        help="the SFT model's answers file of a split (train=..., val=...)")  # fmt: skip
+                        help="the SFT model's answers file of a split (train=..., val=...), "
+                        "instead of the committed confusions-{split}.jsonl")  # fmt: skip
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), help="the question kinds to make pairs of")
-    parser.add_argument("--max-per-kind", type=int, default=800, help="training questions kept per kind")
-    parser.add_argument("--negatives", type=int, default=1,
+    parser.add_argument("--max-per-kind", type=int, default=900, help="training questions kept per kind")
+    parser.add_argument("--negatives", type=int, default=3,
                         help="training pairs per question, each with another rejected answer")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "data" / "preferences")
     parser.add_argument("--seed", type=int, default=0)
@@ -182,8 +205,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     counts: Counter[str] = Counter()
     for split, num_shards in (("train", 4), ("val", 2)):
-        wrong = confusions(Path(answers[split]) if split in answers else None, kind_answers)
-        print(f"{split}: {sum(map(len, wrong.values()))} confusions with another answer of the kind")
+        committed = CONFUSIONS / f"confusions-{split}.jsonl"
+        source = Path(answers[split]) if split in answers else committed if committed.exists() else None
+        wrong = confusions(source, kind_answers)
+        print(f"{split}: {sum(map(len, wrong.values()))} confusions of the kind's answers ({source})")
+        if wrong:
+            write_confusions(args.out / committed.name, wrong)
         negatives = args.negatives if split == "train" else 1  # one pair per held-out question
         questions = pairs(samples, split, wrong, set(args.kinds), args.seed, negatives)
         made = (
